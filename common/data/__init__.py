@@ -1,0 +1,1 @@
+"""Dataset loaders, preprocessing, splits and partitions."""

@@ -1,0 +1,1 @@
+"""metals.server package."""
