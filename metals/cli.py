@@ -1,9 +1,374 @@
-"""Command-line entry point of metals."""
+"""The ``metals`` command: a table of subcommands, each imported only when it runs.
 
+A subcommand is one :class:`Subcommand` entry in :data:`SUBCOMMANDS`: a name,
+a one-line help and the ``"module:function"`` path of a handler that takes
+the remaining arguments and returns an exit code. Handlers are imported on
+use, so ``metals --help`` stays fast and a device image without the server
+code can still run the client-side subcommands.
+"""
+
+from __future__ import annotations
+
+import importlib
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from metals import __version__
+
+if TYPE_CHECKING:
+    from metals.common.runconfig import RunConfig
+
+#: Exit code for invalid arguments or configuration values.
+EXIT_USAGE = 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the metals command line."""
-    print("metals: no subcommands yet", file=sys.stderr)
-    return 2
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``metals`` subcommand.
+
+    Parameters
+    ----------
+    name : str
+        Word typed after ``metals``.
+    help : str
+        One line shown by ``metals --help``.
+    handler : str
+        ``"module:function"`` path of a function ``(argv: list[str]) -> int``
+        that receives the arguments after the name and returns the exit code.
+    """
+
+    name: str
+    help: str
+    handler: str
+
+    def load(self) -> Callable[[list[str]], int]:
+        """Import the handler module and return the handler function."""
+        module_name, _, function_name = self.handler.partition(":")
+        module = importlib.import_module(module_name)
+        return getattr(module, function_name)
+
+
+#: Every subcommand, in the order ``metals --help`` lists them. To add one,
+#: append an entry here and put its imports inside its handler.
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand(
+        "run",
+        "run an experiment on Flower's simulation runtime (Hydra overrides, -m sweeps)",
+        "metals.cli:run_command",
+    ),
+    Subcommand(
+        "centralized",
+        "train the same MLP centrally on every label (reference accuracy)",
+        "metals.centralized:centralized_command",
+    ),
+    Subcommand(
+        "data",
+        "describe the dataset and the client partitions a config produces",
+        "metals.cli:data_command",
+    ),
+    Subcommand(
+        "config",
+        "print the validated flat run config (kebab-case keys) for overrides",
+        "metals.cli:config_command",
+    ),
+)
+
+
+def format_help(subcommands: Sequence[Subcommand] = SUBCOMMANDS) -> str:
+    """Return the text of ``metals --help``."""
+    width = max(len(command.name) for command in subcommands)
+    lines = [
+        "usage: metals [-h] [--version] COMMAND [ARGS ...]",
+        "",
+        "Federated active learning (METALS) for IoT intrusion detection on Flower.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {command.name:<{width}}  {command.help}" for command in subcommands]
+    lines += ["", "Run 'metals COMMAND --help' for the options of one command."]
+    return "\n".join(lines) + "\n"
+
+
+def find_subcommand(
+    name: str, subcommands: Sequence[Subcommand] = SUBCOMMANDS
+) -> Subcommand | None:
+    """Return the subcommand called ``name``, or None."""
+    for command in subcommands:
+        if command.name == name:
+            return command
+    return None
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run the ``metals`` command line and return its exit code.
+
+    Parameters
+    ----------
+    argv : Sequence[str] | None, default=None
+        Arguments after the program name; ``sys.argv[1:]`` when None.
+    stdout, stderr : TextIO | None, default=None
+        Streams for help and errors; the process streams when None.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+
+    if not args:
+        err.write(format_help())
+        return EXIT_USAGE
+    if args[0] in ("-h", "--help", "help"):
+        out.write(format_help())
+        return 0
+    if args[0] == "--version":
+        out.write(f"metals {__version__}\n")
+        return 0
+
+    command = find_subcommand(args[0])
+    if command is None:
+        known = ", ".join(command.name for command in SUBCOMMANDS)
+        err.write(f"metals: unknown command {args[0]!r}; commands are: {known}\n")
+        err.write("Run 'metals --help' for one line on each.\n")
+        return EXIT_USAGE
+
+    return command.load()(args[1:])
+
+
+# ---------------------------------------------------------------------------
+# Handlers of the built-in subcommands. Each one imports what it needs itself.
+# ---------------------------------------------------------------------------
+
+OVERRIDES_HELP = """\
+Overrides use Hydra's syntax, for example:
+  dataset=ton_iot partition=natural       pick a config group option
+  num_clients=20 train.local_epochs=5     set a value
+  +experiment=metals_paper                apply a preset (metals_paper, classical_fl, quick)
+Groups: dataset (nsl_kdd, edge_iiotset, ton_iot), strategy (fedavg, fedprox),
+al (random, entropy, margin, least_confidence, kcenter), partition (iid,
+dirichlet, natural).
+"""
+
+
+def _wants_help(argv: Sequence[str]) -> bool:
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
+def data_command(argv: list[str]) -> int:
+    """Print the dataset and client partitions that the overrides in ``argv`` produce."""
+    if _wants_help(argv):
+        sys.stdout.write("usage: metals data [OVERRIDES ...]\n\n" + OVERRIDES_HELP)
+        return 0
+
+    import logging
+
+    from metals.config import ConfigError, compose_run_config
+
+    try:
+        run_config, verbose = compose_run_config(argv)
+    except ConfigError as error:
+        sys.stderr.write(f"metals data: {error}\n")
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+
+    from metals.common.data import DataError
+    from metals.common.data.summary import describe_federation
+
+    try:
+        sys.stdout.write(describe_federation(run_config).rstrip("\n") + "\n")
+    except DataError as error:
+        sys.stderr.write(f"metals data: {error}\n")
+        return 1
+    return 0
+
+
+def config_command(argv: list[str]) -> int:
+    """Print the validated flat run config for the overrides in ``argv``."""
+    if _wants_help(argv):
+        sys.stdout.write("usage: metals config [OVERRIDES ...]\n\n" + OVERRIDES_HELP)
+        return 0
+
+    from metals.config import ConfigError, compose_run_config
+
+    try:
+        run_config, _ = compose_run_config(argv)
+    except ConfigError as error:
+        sys.stderr.write(f"metals config: {error}\n")
+        return EXIT_USAGE
+    for key, value in run_config.items():
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        sys.stdout.write(f"{key} = {shown}\n")
+    return 0
+
+
+def run_command(argv: list[str]) -> int:
+    """Run an experiment on Flower's simulation runtime, one per Hydra job."""
+
+    def execute(run_config: RunConfig, verbose: bool) -> Path:
+        from metals.progress import ProgressPrinter
+        from metals.simulation import run_experiment
+
+        return run_experiment(run_config, progress=ProgressPrinter(), verbose=verbose)
+
+    return run_with_hydra(argv, "run", execute)
+
+
+#: Hydra flags that only print information; nothing is validated or run for them.
+_HYDRA_INFO_FLAGS = ("--cfg", "-c", "--info", "-i", "--hydra-help", "--resolve", "--package", "-p")
+_HYDRA_MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def check_all_jobs(argv: Sequence[str]) -> int:
+    """Validate the config of every job that ``argv`` would launch.
+
+    A ``-m`` sweep such as ``num_clients=5,0`` is expanded into its jobs the
+    way Hydra's basic sweeper does it, and each job is composed and checked,
+    so an invalid value stops the command before the first job starts.
+
+    Returns
+    -------
+    int
+        The number of jobs checked.
+
+    Raises
+    ------
+    ConfigError
+        On the first invalid override or value.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from metals.config import ConfigError, compose_run_config
+
+    overrides = [arg for arg in argv if arg not in _HYDRA_MULTIRUN_FLAGS]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    except HydraException as error:
+        raise ConfigError(f"invalid overrides {' '.join(overrides)!r}: {error}") from None
+
+    jobs = [job for batch in batches for job in batch] or [[]]
+    for job in jobs:
+        # Hydra's own settings (run directory, launcher) are not part of the run config.
+        own = [item for item in job if not item.lstrip("+~").startswith(("hydra.", "hydra/"))]
+        compose_run_config(own)
+    return len(jobs)
+
+
+def run_with_hydra(
+    argv: Sequence[str], name: str, execute: Callable[[RunConfig, bool], Path]
+) -> int:
+    """Run ``execute`` once per Hydra job and report each run.
+
+    Parameters
+    ----------
+    argv : Sequence[str]
+        Hydra overrides and flags (``-m``, ``hydra.run.dir=PATH``).
+    name : str
+        Subcommand name, for messages.
+    execute : Callable[[RunConfig, bool], Path]
+        Runs one job from its validated run config and the ``verbose`` flag,
+        and returns the run directory holding ``metrics.csv`` and
+        ``summary.json``.
+
+    Returns
+    -------
+    int
+        0 when every job finished, 2 when a value was invalid.
+    """
+    from metals.config import ConfigError
+
+    info_only = _wants_help(argv) or any(arg in _HYDRA_INFO_FLAGS for arg in argv)
+    if not info_only:
+        try:
+            check_all_jobs(argv)
+        except ConfigError as error:
+            sys.stderr.write(f"metals {name}: {error}\n")
+            return EXIT_USAGE
+
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, OmegaConf
+
+    from metals.config import to_run_config
+
+    run_dirs: list[Path] = []
+    sweep_dirs: list[Path] = []
+
+    @hydra.main(config_path="pkg://metals.conf", config_name="config", version_base=None)
+    def job(config: DictConfig) -> None:
+        hydra_config = HydraConfig.get()
+        container = OmegaConf.to_container(config, resolve=True)
+        assert isinstance(container, dict)
+        try:
+            run_config = to_run_config(container, run_dir=hydra_config.runtime.output_dir)
+        except ConfigError as error:
+            sys.stderr.write(f"metals {name}: {error}\n")
+            raise SystemExit(EXIT_USAGE) from None
+
+        verbose = container.get("verbose") is True
+        _route_console_logs(verbose)
+        run_dir = execute(run_config, verbose)
+        _report_run(run_dir)
+        run_dirs.append(run_dir)
+        if hydra_config.mode is not None and hydra_config.mode.name == "MULTIRUN":
+            sweep_dirs.append(Path(hydra_config.sweep.dir))
+
+    saved_argv = sys.argv
+    sys.argv = [f"metals {name}", *argv]
+    try:
+        job()
+    finally:
+        sys.argv = saved_argv
+
+    if len(run_dirs) > 1:
+        _report_sweep(run_dirs, sweep_dirs[0] if sweep_dirs else None)
+    return 0
+
+
+def _route_console_logs(verbose: bool) -> None:
+    """Keep INFO logs in Hydra's log file and, unless ``verbose``, off the console."""
+    import logging
+
+    if verbose:
+        return
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            handler.setLevel(logging.WARNING)
+
+
+def _report_run(run_dir: Path) -> None:
+    """Write the results table and plots of one run and print the table."""
+    from metals.plots import write_plots
+    from metals.tables import write_results_table
+
+    table = write_results_table(run_dir)
+    plots = write_plots(run_dir)
+    sys.stdout.write("\n" + table + "\n")
+    sys.stdout.write(f"plots: {', '.join(path.name for path in plots)}\n")
+    sys.stdout.write(f"run directory: {run_dir}\n")
+
+
+def _report_sweep(run_dirs: Sequence[Path], sweep_dir: Path | None) -> None:
+    """Print one table over all runs of a sweep and save it in the sweep directory."""
+    from metals.tables import format_results_table
+
+    table = format_results_table(run_dirs)
+    sys.stdout.write("\n" + table + "\n")
+    if sweep_dir is not None:
+        path = sweep_dir / "results.md"
+        path.write_text(table + "\n", encoding="utf-8")
+        sys.stdout.write(f"sweep table: {path}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

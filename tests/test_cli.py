@@ -1,0 +1,166 @@
+"""Tests of the ``metals`` command table and its configuration subcommands."""
+
+import io
+import subprocess
+import sys
+
+import pytest
+
+from metals.cli import SUBCOMMANDS, Subcommand, check_all_jobs, find_subcommand, format_help, main
+from metals.config import ConfigError
+
+
+def run_main(args):
+    out, err = io.StringIO(), io.StringIO()
+    code = main(args, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_help_lists_every_subcommand():
+    # Execute
+    code, out, _ = run_main(["--help"])
+
+    # Assert
+    assert code == 0
+    for command in SUBCOMMANDS:
+        assert f"  {command.name} " in out
+        assert command.help in out
+
+
+def test_no_arguments_is_usage_error():
+    # Execute
+    code, _, err = run_main([])
+
+    # Assert
+    assert code == 2
+    assert "usage: metals" in err
+
+
+def test_unknown_subcommand_rejected():
+    # Execute
+    code, _, err = run_main(["trian"])
+
+    # Assert
+    assert code == 2
+    assert "'trian'" in err
+    assert "run" in err
+
+
+def test_subcommand_names_unique():
+    # Prepare
+    names = [command.name for command in SUBCOMMANDS]
+
+    # Assert
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS, ids=lambda command: command.name)
+def test_every_handler_path_well_formed(command):
+    # Prepare
+    module_name, colon, function_name = command.handler.partition(":")
+
+    # Assert
+    assert colon == ":"
+    assert module_name.startswith("metals.")
+    assert function_name.isidentifier()
+
+
+def test_registration_loads_handler_lazily():
+    # Prepare
+    command = Subcommand("echo", "test handler", "metals.cli:format_help")
+
+    # Execute
+    handler = command.load()
+
+    # Assert
+    assert handler is format_help
+    assert find_subcommand("echo", [command]) is command
+    assert "  echo  test handler" in format_help([command])
+
+
+def test_help_imports_no_heavy_module():
+    # Prepare: a fresh interpreter, so earlier imports in this process do not count.
+    code = (
+        "import sys; from metals.cli import main; main(['--help']); "
+        "heavy = [m for m in ('torch', 'flwr', 'ray', 'hydra', 'pandas') if m in sys.modules]; "
+        "print(heavy)"
+    )
+
+    # Execute
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+
+    # Assert
+    assert result.stdout.strip().endswith("[]")
+
+
+def test_config_prints_flat_keys(capsys):
+    # Execute
+    code = main(["config", "+experiment=classical_fl", "strategy=fedprox"])
+
+    # Assert
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "mode = 'classical'" in out
+    assert "strategy = 'fedprox'" in out
+    assert "smote = false" in out
+
+
+def test_config_invalid_value_exit_2(capsys):
+    # Execute
+    code = main(["config", "fl.fraction_train=2"])
+
+    # Assert
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "fl.fraction_train" in captured.err
+    assert "<= 1" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_run_invalid_value_exit_2_before_running(capsys):
+    # Execute
+    code = main(["run", "num_rounds=0"])
+
+    # Assert
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "num_rounds" in captured.err
+    assert "round" not in captured.out
+
+
+def test_sweep_checked_job_by_job():
+    # Execute
+    jobs = check_all_jobs(["-m", "al=margin,entropy", "seed=1,2,3"])
+
+    # Assert
+    assert jobs == 6
+
+
+def test_sweep_with_one_bad_job_rejected():
+    # Execute
+    with pytest.raises(ConfigError) as caught:
+        check_all_jobs(["-m", "num_clients=5,0"])
+
+    # Assert
+    assert "num_clients" in str(caught.value)
+
+
+def test_hydra_settings_not_validated_as_run_config(tmp_path):
+    # Execute
+    jobs = check_all_jobs([f"hydra.run.dir={tmp_path}", "hydra/job_logging=disabled"])
+
+    # Assert
+    assert jobs == 1
+
+
+def test_console_script_help():
+    # Execute
+    result = subprocess.run(
+        [sys.executable, "-m", "metals.cli", "--help"], capture_output=True, text=True
+    )
+
+    # Assert
+    assert result.returncode == 0
+    assert "commands:" in result.stdout
