@@ -1,0 +1,432 @@
+"""Stream a traffic CSV file in chunks of records, reporting unreadable records by line number.
+
+A traffic file is read in the layout of the dataset a model was trained on.
+Files with a header row (TON_IoT, Edge-IIoTset, header-row mirrors of
+NSL-KDD) name their columns. In a file without one (NSL-KDD), the number of
+fields on the first line selects one of the column orders the dataset allows.
+Every record the reader cannot use (wrong number of fields, a value that is
+not a number in a numeric column, a missing or infinite value in a feature
+column) is left out and returned with its 1-based line number and the
+reason, so nothing is dropped silently. Memory use depends on the chunk size, not on the file size.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pacompute
+import pyarrow.csv as pacsv
+
+logger = logging.getLogger(__name__)
+
+NEWLINE = 10
+MIN_READ_BYTES = 1 << 20
+
+
+class TrafficFileError(ValueError):
+    """A traffic file that cannot be read in the layout the model expects."""
+
+
+@dataclass(frozen=True)
+class TrafficLayout:
+    """Columns a traffic file may contain for one trained model.
+
+    Parameters
+    ----------
+    features : tuple[str, ...]
+        Columns the model's preprocessing reads. A file must contain all of them.
+    numeric : frozenset[str], default=frozenset()
+        Subset of ``features`` (and ``optional``) parsed as 64-bit floats; the
+        others are read as strings.
+    optional : tuple[str, ...], default=()
+        Columns accepted and passed on when present, such as the label columns.
+    ignored : tuple[str, ...], default=()
+        Columns accepted and not read, such as identifiers and timestamps the
+        training preprocessing drops.
+    headerless : tuple[tuple[str, ...], ...], default=()
+        Column orders accepted in a file without a header row, for example the
+        41 NSL-KDD features alone or followed by the attack name and difficulty.
+    nullable : frozenset[str], default=frozenset()
+        Feature columns whose empty values the preprocessing fills itself.
+    label : str or None, default=None
+        Optional column holding the record's own label, when a file has one.
+    """
+
+    features: tuple[str, ...]
+    numeric: frozenset[str] = frozenset()
+    optional: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+    headerless: tuple[tuple[str, ...], ...] = ()
+    nullable: frozenset[str] = frozenset()
+    label: str | None = None
+
+    @property
+    def known(self) -> frozenset[str]:
+        """Every column name a file may contain."""
+        return frozenset(self.features) | frozenset(self.optional) | frozenset(self.ignored)
+
+
+@dataclass(frozen=True)
+class FileColumns:
+    """The columns of one traffic file, as found on its first line.
+
+    Parameters
+    ----------
+    names : tuple[str, ...]
+        Every column of the file, in file order.
+    header_lines : int
+        1 when the first line is a header row, else 0.
+    read : tuple[str, ...]
+        Columns parsed into each chunk: the features, then the optional
+        columns present in the file.
+    """
+
+    names: tuple[str, ...]
+    header_lines: int
+    read: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A record left out of the prediction, with its 1-based line number in the file."""
+
+    line: int
+    reason: str
+
+
+@dataclass
+class TrafficChunk:
+    """One chunk of readable records.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Readable records of shape (n_records, n_columns), columns
+        ``FileColumns.read``. Numeric columns are float64, the others strings
+        without leading or trailing spaces.
+    lines : numpy.ndarray
+        int64 (n_records,): the 1-based line number of each row of ``frame``.
+    bad : list[BadRecord]
+        Records of this chunk that were left out, in line order.
+    """
+
+    frame: pd.DataFrame
+    lines: np.ndarray
+    bad: list[BadRecord] = field(default_factory=list)
+
+
+def _looks_numeric(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def inspect_columns(path: str | Path, layout: TrafficLayout) -> FileColumns:
+    """Find the columns of a traffic file and check them against the model's layout.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        CSV file, UTF-8 (a byte-order mark is allowed).
+    layout : TrafficLayout
+        Columns the model accepts.
+
+    Returns
+    -------
+    FileColumns
+        The file's columns and whether its first line is a header row.
+
+    Raises
+    ------
+    TrafficFileError
+        When the file is missing, empty or not UTF-8. When its header names
+        columns the model never saw or lacks columns it needs, the message
+        names them. When a file without a header has a field count that no
+        layout allows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TrafficFileError(f"traffic file not found: {path}; check the --data path")
+
+    with path.open("rb") as handle:
+        first = handle.readline()
+    try:
+        text = first.decode("utf-8-sig").strip()
+    except UnicodeDecodeError as error:
+        raise TrafficFileError(
+            f"{path}: line 1 is not UTF-8 text ({error}); save the file as UTF-8 CSV"
+        ) from None
+    if not text:
+        raise TrafficFileError(f"{path}: the file is empty or starts with a blank line")
+    fields = [value.strip() for value in next(csv.reader(io.StringIO(text)))]
+
+    # A header row names at least one known column, or contains no number at all.
+    is_header = bool(set(fields) & layout.known) or not any(map(_looks_numeric, fields))
+    if is_header:
+        names = tuple(fields)
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise TrafficFileError(f"{path}: duplicate columns in the header: {duplicates}")
+        unknown = [name for name in names if name not in layout.known]
+        missing = [name for name in layout.features if name not in names]
+        if unknown or missing:
+            problems = []
+            if unknown:
+                problems.append(f"columns the model never saw: {unknown}")
+            if missing:
+                problems.append(f"missing columns the model needs: {missing}")
+            raise TrafficFileError(
+                f"{path}: {'; '.join(problems)}. Use a file in the layout of the "
+                "dataset the model was trained on"
+            )
+        header_lines = 1
+    else:
+        matching = [order for order in layout.headerless if len(order) == len(fields)]
+        if not matching:
+            allowed = " or ".join(str(len(order)) for order in layout.headerless) or "none"
+            raise TrafficFileError(
+                f"{path}: line 1 has {len(fields)} fields and no header row; this model "
+                f"accepts files without a header with {allowed} fields, or a header "
+                "row naming the columns"
+            )
+        names = matching[0]
+        header_lines = 0
+
+    present_optional = tuple(name for name in layout.optional if name in names)
+    return FileColumns(
+        names=names, header_lines=header_lines, read=layout.features + present_optional
+    )
+
+
+def iter_traffic_chunks(
+    path: str | Path,
+    layout: TrafficLayout,
+    *,
+    chunk_size: int = 100_000,
+    columns: FileColumns | None = None,
+) -> Iterator[TrafficChunk]:
+    """Read a traffic file in chunks of at most ``chunk_size`` lines.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        CSV file checked by :func:`inspect_columns`.
+    layout : TrafficLayout
+        Columns the model accepts.
+    chunk_size : int, default=100000
+        Lines per chunk; memory use grows with it, not with the file size.
+    columns : FileColumns or None, default=None
+        Result of :func:`inspect_columns` when the caller already has it.
+
+    Yields
+    ------
+    TrafficChunk
+        Readable records with their line numbers, and the records left out.
+
+    Raises
+    ------
+    TrafficFileError
+        On the column problems listed in :func:`inspect_columns`, or when the
+        rows of a chunk cannot be matched to its lines (a quoted value with a
+        line break inside, which these datasets never contain).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"invalid chunk size {chunk_size}: must be a positive number of lines")
+    path = Path(path)
+    if columns is None:
+        columns = inspect_columns(path, layout)
+
+    with path.open("rb") as handle:
+        if columns.header_lines:
+            handle.readline()
+        first_line = columns.header_lines + 1
+        pending = b""
+        read_bytes = MIN_READ_BYTES
+        at_end = False
+        while True:
+            newlines = np.flatnonzero(np.frombuffer(pending, dtype=np.uint8) == NEWLINE)
+            while len(newlines) < chunk_size and not at_end:
+                data = handle.read(read_bytes)
+                if not data:
+                    at_end = True
+                    break
+                pending += data
+                newlines = np.flatnonzero(np.frombuffer(pending, dtype=np.uint8) == NEWLINE)
+                # Size later reads from the observed line length to cut the number of reads.
+                if len(newlines):
+                    per_line = len(pending) / len(newlines)
+                    read_bytes = max(MIN_READ_BYTES, int(per_line * chunk_size * 1.1))
+
+            cut = int(newlines[chunk_size - 1]) + 1 if len(newlines) >= chunk_size else len(pending)
+            block, pending = pending[:cut], pending[cut:]
+            if first_line == 1 and block.startswith(b"\xef\xbb\xbf"):
+                block = block[3:]
+            if not block:
+                return
+            chunk = _parse_block(block, first_line, columns, layout, path)
+            first_line += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+            yield chunk
+
+
+def _line_starts(block: bytes) -> np.ndarray:
+    """Return the byte offset of each line of ``block``, shape (n_lines,)."""
+    newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == NEWLINE)
+    starts = np.concatenate(([0], newlines + 1))
+    return starts[starts < len(block)]
+
+
+def _non_empty_lines(block: bytes, starts: np.ndarray) -> np.ndarray:
+    """Return a bool mask (n_lines,) of lines with content; pyarrow skips the others."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    ends = np.append(starts[1:], len(block))
+    length = ends - starts
+    ends_in_newline = data[ends - 1] == NEWLINE
+    length = length - ends_in_newline
+    crlf = ends_in_newline & (length >= 1) & (data[np.maximum(ends - 2, 0)] == ord("\r"))
+    length = length - crlf
+    return length > 0
+
+
+def _parse_block(
+    block: bytes, first_line: int, columns: FileColumns, layout: TrafficLayout, path: Path
+) -> TrafficChunk:
+    """Parse one chunk of whole lines into a :class:`TrafficChunk`."""
+    starts = _line_starts(block)
+    non_empty = _non_empty_lines(block, starts)
+
+    # Rows with the wrong number of fields are skipped by pyarrow and located by their text.
+    wrong_width: list[str] = []
+
+    def skip_row(row: pacsv.InvalidRow) -> str:
+        wrong_width.append(row.text)
+        return "skip"
+
+    numeric = [name for name in columns.read if name in layout.numeric]
+    strings = {name: pa.string() for name in columns.read if name not in layout.numeric}
+    read_options = pacsv.ReadOptions(column_names=list(columns.names), use_threads=True)
+    parse_options = pacsv.ParseOptions(invalid_row_handler=skip_row)
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(block),
+            read_options=read_options,
+            parse_options=parse_options,
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(columns.read),
+                column_types={**strings, **{name: pa.float64() for name in numeric}},
+            ),
+        )
+        frame = _trimmed(table).to_pandas()
+        invalid: dict[int, str] = {}
+    except pa.ArrowInvalid:
+        # A value that is not a number: parse this chunk as text and find the rows.
+        wrong_width.clear()
+        table = pacsv.read_csv(
+            pa.py_buffer(block),
+            read_options=read_options,
+            parse_options=parse_options,
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(columns.read),
+                column_types={name: pa.string() for name in columns.read},
+            ),
+        )
+        frame, invalid = _coerce_numeric(_trimmed(table).to_pandas(), numeric)
+
+    bad_index = _locate_rows(block, starts, wrong_width, path, first_line)
+    bad = [
+        BadRecord(
+            int(first_line + index), f"wrong number of fields (expected {len(columns.names)})"
+        )
+        for index in bad_index
+    ]
+    is_row = non_empty.copy()
+    is_row[bad_index] = False
+    row_index = np.flatnonzero(is_row)
+    if len(row_index) != len(frame):
+        raise TrafficFileError(
+            f"{path}: could not match the {len(frame)} records parsed from lines "
+            f"{first_line}-{first_line + len(starts) - 1} to those lines; a quoted value "
+            "probably contains a line break, which this reader does not accept"
+        )
+    lines = (row_index + first_line).astype(np.int64)
+
+    # Numbers that did not parse, then missing or infinite feature values.
+    reasons = dict(invalid)
+    required = [name for name in numeric if name in layout.features and name not in layout.nullable]
+    if required:
+        values = frame[required].to_numpy(dtype=np.float64)
+        not_finite = ~np.isfinite(values)
+        for row in np.flatnonzero(not_finite.any(axis=1)):
+            if row in reasons:
+                continue
+            column = required[int(np.argmax(not_finite[row]))]
+            kind = "missing" if np.isnan(values[row]).any() else "infinite"
+            reasons[int(row)] = f"{kind} value in column '{column}'"
+    text_required = [
+        name
+        for name in columns.read
+        if name in layout.features and name not in layout.numeric and name not in layout.nullable
+    ]
+    for name in text_required:
+        empty = (frame[name].isna() | (frame[name] == "")).to_numpy()
+        for row in np.flatnonzero(empty):
+            reasons.setdefault(int(row), f"missing value in column '{name}'")
+
+    if reasons:
+        drop = np.array(sorted(reasons), dtype=np.int64)
+        bad.extend(BadRecord(int(lines[row]), reasons[int(row)]) for row in drop)
+        keep = np.ones(len(frame), dtype=bool)
+        keep[drop] = False
+        frame = frame.loc[keep].reset_index(drop=True)
+        lines = lines[keep]
+    bad.sort(key=lambda record: record.line)
+    return TrafficChunk(frame=frame, lines=lines, bad=bad)
+
+
+def _trimmed(table: pa.Table) -> pa.Table:
+    """Strip leading and trailing spaces from every text column, as training does."""
+    for position, column in enumerate(table.columns):
+        if pa.types.is_string(column.type):
+            table = table.set_column(
+                position, table.field(position), pacompute.utf8_trim_whitespace(column)
+            )
+    return table
+
+
+def _coerce_numeric(frame: pd.DataFrame, numeric: list[str]) -> tuple[pd.DataFrame, dict[int, str]]:
+    """Convert text columns to float64, returning the rows whose values are not numbers."""
+    invalid: dict[int, str] = {}
+    for name in numeric:
+        text = frame[name]
+        values = pd.to_numeric(text, errors="coerce")
+        given = text.notna() & ~text.str.lower().isin(["", "nan", "na", "null"])
+        for row in np.flatnonzero((values.isna() & given).to_numpy()):
+            invalid.setdefault(int(row), f"invalid number {text.iloc[row]!r} in column '{name}'")
+        frame[name] = values.astype(np.float64)
+    return frame, invalid
+
+
+def _locate_rows(
+    block: bytes, starts: np.ndarray, texts: list[str], path: Path, first_line: int
+) -> np.ndarray:
+    """Return the line index inside ``block`` of each skipped row text, in order."""
+    found: list[int] = []
+    position = 0
+    for text in texts:
+        offset = block.find(text.encode("utf-8"), position)
+        if offset < 0:
+            raise TrafficFileError(
+                f"{path}: could not locate a malformed record after line {first_line}: {text!r}"
+            )
+        found.append(int(np.searchsorted(starts, offset, side="right")) - 1)
+        position = offset + max(len(text), 1)
+    return np.array(found, dtype=np.int64)
