@@ -1,0 +1,196 @@
+"""The metals ClientApp: one IoT device that queries labels, trains locally and replies."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from metals.client.data import load_client_partition
+from metals.client.pools import Pools, load_pools, save_pools
+from metals.common.al import query_count, select_queries
+from metals.common.data import ClientPartition, oversample_smote
+from metals.common.model import MLP, build_model
+from metals.common.oracle import Oracle, SimulatedOracle
+from metals.common.runconfig import SETTINGS, RunConfig, parse_hidden_layers, validate_run_config
+from metals.common.training import accuracy, embed, predict_proba, train_local
+
+logger = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+def run_config_from_message(config: ConfigRecord) -> RunConfig:
+    """Return the validated run config the server forwarded in a message's ConfigRecord.
+
+    Per-round keys the server adds (``server-round``, ``proximal-mu`` when
+    FedProx sends it) are read separately; keys outside ``SETTINGS`` are
+    ignored.
+    """
+    known = {key: value for key, value in config.items() if key in SETTINGS}
+    return validate_run_config(known)
+
+
+def build_oracle(partition: ClientPartition) -> Oracle:
+    """Return the oracle this client asks for labels (simulated: the hidden labels)."""
+    return SimulatedOracle(partition.y)
+
+
+def initial_pools(partition: ClientPartition, mode: str) -> Pools:
+    """Return the pools before the first round; in classical mode every record is labeled."""
+    if mode == "classical":
+        labeled = np.sort(np.concatenate([partition.labeled, partition.unlabeled]))
+        return Pools(labeled, partition.y[labeled], np.zeros(0, dtype=np.int64))
+    labeled = np.asarray(partition.labeled, dtype=np.int64)
+    return Pools(labeled, partition.y[labeled], np.asarray(partition.unlabeled, dtype=np.int64))
+
+
+def _round_seed(config: RunConfig, partition_id: int, server_round: int) -> int:
+    """Return a seed that differs per run seed, client and round."""
+    sequence = np.random.SeedSequence([int(config["seed"]), partition_id, server_round])
+    return int(sequence.generate_state(1)[0])
+
+
+def _model_from_message(
+    msg: Message, config: RunConfig, partition: ClientPartition, num_classes: int
+) -> MLP:
+    """Build the MLP and load the global weights the server sent."""
+    model = build_model(
+        partition.x.shape[1], num_classes, parse_hidden_layers(str(config["hidden-layers"])), seed=0
+    )
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model
+
+
+def query_labels(
+    model: MLP,
+    partition: ClientPartition,
+    pools: Pools,
+    config: RunConfig,
+    oracle: Oracle,
+    seed: int,
+) -> int:
+    """Run one active-learning query and move the answered records into the labeled pool.
+
+    Returns
+    -------
+    int
+        Labels bought in this query.
+    """
+    count = query_count(
+        len(pools.unlabeled),
+        fraction=float(config["query-fraction"]),
+        size=int(config["query-size"]),
+    )
+    if count == 0:
+        return 0
+
+    strategy = str(config["al-strategy"])
+    x_pool = partition.x[pools.unlabeled]
+    probs = None if strategy == "random" else predict_proba(model, x_pool)
+    embeddings = labeled_embeddings = None
+    if strategy == "kcenter":
+        embeddings = embed(model, x_pool)
+        labeled_embeddings = embed(model, partition.x[pools.labeled])
+    query = select_queries(
+        strategy,
+        probs,
+        pools.unlabeled,
+        count,
+        seed=seed,
+        embeddings=embeddings,
+        labeled_embeddings=labeled_embeddings,
+    )
+    pools.add_labels(query.indices, oracle.label(query.indices))
+    return len(query.indices)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Query labels with the received model, train locally and reply with the new weights."""
+    torch.set_num_threads(1)
+    message_config = msg.content["config"]
+    config = run_config_from_message(message_config)
+    server_round = int(message_config["server-round"])
+    proximal_mu = float(message_config.get("proximal-mu", 0.0))
+    partition, class_names = load_client_partition(config, context.node_config)
+    model = _model_from_message(msg, config, partition, len(class_names))
+    seed = _round_seed(config, partition.partition_id, server_round)
+
+    # Pools survive between rounds in the node's state.
+    pools = load_pools(context.state)
+    if pools is None:
+        pools = initial_pools(partition, str(config["mode"]))
+    x_test, y_test = partition.x[partition.test], partition.y[partition.test]
+    received_accuracy = accuracy(model, x_test, y_test)
+
+    # Active learning: query, ask the oracle, grow the labeled pool.
+    labels_queried = 0
+    if config["mode"] == "metals":
+        labels_queried = query_labels(
+            model, partition, pools, config, build_oracle(partition), seed
+        )
+
+    # Local training, FedAvg or FedProx objective.
+    x_train, y_train = partition.x[pools.labeled], pools.labels
+    if config["smote"]:
+        x_train, y_train = oversample_smote(
+            x_train, y_train, k_neighbors=int(config["smote-k-neighbors"]), seed=seed
+        )
+    result = train_local(
+        model,
+        x_train,
+        y_train,
+        epochs=int(config["local-epochs"]),
+        batch_size=int(config["batch-size"]),
+        learning_rate=float(config["learning-rate"]),
+        weight_decay=float(config["weight-decay"]),
+        proximal_mu=proximal_mu,
+        seed=seed,
+    )
+    save_pools(context.state, pools)
+
+    metrics = {
+        "num-examples": len(pools.labeled),
+        "partition-id": partition.partition_id,
+        "labels-queried": labels_queried,
+        "labels-queried-total": pools.labels_queried_total,
+        "labeled-pool-size": len(pools.labeled),
+        "pool-size": pools.size,
+        "train-loss": result.loss,
+        "received-accuracy": received_accuracy,
+        "trained-accuracy": accuracy(model, x_test, y_test),
+    }
+    logger.info(
+        "round %d, partition %d: %d labels queried (%d total), labeled pool %d, loss %.4f",
+        server_round,
+        partition.partition_id,
+        labels_queried,
+        pools.labels_queried_total,
+        len(pools.labeled),
+        result.loss,
+    )
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the received global model on the client's local test split."""
+    torch.set_num_threads(1)
+    config = run_config_from_message(msg.content["config"])
+    partition, class_names = load_client_partition(config, context.node_config)
+    model = _model_from_message(msg, config, partition, len(class_names))
+    x_test, y_test = partition.x[partition.test], partition.y[partition.test]
+    metrics: Mapping[str, Any] = {
+        "num-examples": len(y_test),
+        "partition-id": partition.partition_id,
+        "accuracy": accuracy(model, x_test, y_test),
+    }
+    return Message(content=RecordDict({"metrics": MetricRecord(dict(metrics))}), reply_to=msg)

@@ -1,0 +1,91 @@
+"""Running one experiment on Flower's simulation runtime (Ray) inside this process."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from metals.common.runconfig import validate_run_config
+from metals.server.app import RoundProgress, build_server_app
+from metals.server.federation import resolve_run_dir
+
+logger = logging.getLogger(__name__)
+
+
+def backend_config(num_cpus: int | None = None, *, verbose: bool = False) -> dict[str, Any]:
+    """Return the Ray backend config: one CPU per client, quiet unless ``verbose``.
+
+    Parameters
+    ----------
+    num_cpus : int | None, default=None
+        CPUs Ray may use; None uses every CPU of the machine, one simulated
+        client per CPU at a time.
+    verbose : bool, default=False
+        Keep Ray's worker output and dashboard defaults.
+    """
+    init_args: dict[str, Any] = {"include_dashboard": False}
+    if num_cpus is not None:
+        init_args["num_cpus"] = num_cpus
+    if not verbose:
+        init_args["log_to_driver"] = False
+        init_args["logging_level"] = logging.WARNING
+    return {"init_args": init_args, "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
+
+
+def run_experiment(
+    run_config: Mapping[str, Any],
+    *,
+    progress: Callable[[RoundProgress], None] | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Validate ``run_config``, run it on Flower's Ray simulation and return the run directory.
+
+    Parameters
+    ----------
+    run_config : Mapping[str, Any]
+        Kebab-case keys of ``metals.common.runconfig.SETTINGS``.
+    progress : Callable[[RoundProgress], None] | None, default=None
+        Called after each completed round.
+    verbose : bool, default=False
+        Show Flower's INFO logs and Ray's worker output.
+
+    Returns
+    -------
+    Path
+        Folder with metrics.csv, summary.json, model.pt, config.json,
+        preprocessor/ and checkpoint/.
+
+    Raises
+    ------
+    ValueError
+        On an invalid run config.
+    RuntimeError
+        When the simulation fails, for example a round with too few valid replies.
+    """
+    config = validate_run_config(run_config)
+    config["run-dir"] = str(resolve_run_dir(config))
+
+    # Imported here because flwr.simulation starts Ray machinery on import.
+    from flwr.simulation import run_simulation
+
+    from metals.client.app import app as client_app
+
+    flwr_logger = logging.getLogger("flwr")
+    previous_level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    try:
+        run_simulation(
+            server_app=build_server_app(config, progress),
+            client_app=client_app,
+            num_supernodes=int(config["num-clients"]),
+            backend_config=backend_config(verbose=verbose),
+            verbose_logging=verbose,
+        )
+    finally:
+        flwr_logger.setLevel(previous_level)
+    return Path(str(config["run-dir"]))

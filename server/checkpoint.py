@@ -1,0 +1,122 @@
+"""Per-round checkpoints of the server, so a killed run resumes from its last completed round."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+from metals.server.results import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.json"
+
+# Settings that may change when a run resumes; every other key must match.
+RESUMABLE_CHANGES = frozenset(
+    {"num-rounds", "resume", "run-dir", "round-timeout", "min-available-nodes", "data-dir"}
+)
+
+
+@dataclass
+class Checkpoint:
+    """Server state after a completed round.
+
+    Attributes
+    ----------
+    round : int
+        Last completed round.
+    arrays : ArrayRecord
+        Global weights after that round.
+    rows : list[dict[str, Any]]
+        metrics.csv rows of rounds 1..round.
+    client_stats : dict[str, dict[str, float]]
+        Latest pool counters per partition id (labels bought, pool sizes).
+    random_state : Any
+        ``random.getstate()`` after the round, which drives client sampling.
+    config : dict[str, Any]
+        Run config of the run.
+    """
+
+    round: int
+    arrays: ArrayRecord
+    rows: list[dict[str, Any]]
+    client_stats: dict[str, dict[str, float]]
+    random_state: Any
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
+    """Write weights, then the state file that points at them; the state file is the commit."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    weights_name = f"weights-{checkpoint.round:06d}.npz"
+    temporary = folder / f".{weights_name}.tmp.npz"
+    np.savez(temporary, **{key: array.numpy() for key, array in checkpoint.arrays.items()})
+    os.replace(temporary, folder / weights_name)
+
+    version, internal, gauss = checkpoint.random_state
+    state = {
+        "round": checkpoint.round,
+        "weights": weights_name,
+        "rows": checkpoint.rows,
+        "client_stats": checkpoint.client_stats,
+        "random_state": [version, list(internal), gauss],
+        "config": checkpoint.config,
+    }
+    atomic_write_text(folder / STATE_FILE, json.dumps(state) + "\n")
+
+    # Older weights are no longer referenced.
+    for old in folder.glob("weights-*.npz"):
+        if old.name != weights_name:
+            old.unlink(missing_ok=True)
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """Return the last checkpoint in ``run_dir``, or None when the run has none."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    state_path = folder / STATE_FILE
+    if not state_path.is_file():
+        return None
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    with np.load(folder / state["weights"]) as weights:
+        arrays = ArrayRecord({key: Array(np.array(weights[key])) for key in weights.files})
+    version, internal, gauss = state["random_state"]
+    return Checkpoint(
+        round=int(state["round"]),
+        arrays=arrays,
+        rows=list(state["rows"]),
+        client_stats=dict(state["client_stats"]),
+        random_state=(version, tuple(internal), gauss),
+        config=dict(state["config"]),
+    )
+
+
+def check_resumable(checkpoint: Checkpoint, config: Mapping[str, Any], run_dir: Path) -> None:
+    """Raise ``ValueError`` when ``config`` changes a key of the checkpointed run that matters."""
+    changed = sorted(
+        key
+        for key in set(config) | set(checkpoint.config)
+        if key not in RESUMABLE_CHANGES and config.get(key) != checkpoint.config.get(key)
+    )
+    if changed:
+        details = ", ".join(
+            f"{key}: {checkpoint.config.get(key)!r} -> {config.get(key)!r}" for key in changed
+        )
+        raise ValueError(
+            f"cannot resume the run in {run_dir}: settings differ from its checkpoint ({details}); "
+            "restore them, or start a new run with another run-dir"
+        )
+
+
+def restore_random(checkpoint: Checkpoint) -> None:
+    """Put Python's ``random`` back in the state it had after the checkpointed round."""
+    random.setstate(checkpoint.random_state)

@@ -1,0 +1,290 @@
+"""The server's round loop: sample, aggregate, evaluate globally, record and checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from metals.common.data import PreparedData, prepare_dataset
+from metals.common.metrics import classification_report
+from metals.common.model import MLP, build_model
+from metals.common.runconfig import RunConfig, parse_hidden_layers
+from metals.common.training import predict_proba
+from metals.server.checkpoint import (
+    Checkpoint,
+    check_resumable,
+    load_checkpoint,
+    restore_random,
+    save_checkpoint,
+)
+from metals.server.results import (
+    RoundProgress,
+    save_model,
+    write_config,
+    write_metrics,
+    write_summary,
+)
+from metals.server.strategy import RoundFailedError, build_strategy
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_run_dir(config: Mapping[str, Any]) -> Path:
+    """Return the run directory: ``run-dir``, or a new ``runs/<timestamp>`` under the cwd."""
+    if str(config["run-dir"]):
+        return Path(str(config["run-dir"])).expanduser().resolve()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return (Path.cwd() / "runs" / stamp).resolve()
+
+
+def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> int:
+    """Wait until ``needed`` nodes are connected and return how many are.
+
+    Raises
+    ------
+    RoundFailedError
+        When fewer than ``needed`` nodes connect within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        connected = len(list(grid.get_node_ids()))
+        if connected >= needed:
+            return connected
+        if time.monotonic() >= deadline:
+            raise RoundFailedError(
+                f"only {connected} of {needed} required nodes connected within {timeout:g} s; "
+                "start more SuperNodes or lower min-available-nodes"
+            )
+        time.sleep(0.5)
+
+
+class GlobalEvaluator:
+    """Scores global weights on the held-out test set of the prepared dataset."""
+
+    def __init__(self, prepared: PreparedData, model: MLP) -> None:
+        self.prepared = prepared
+        self.model = model
+
+    def __call__(self, arrays: ArrayRecord) -> dict[str, Any]:
+        """Return :func:`classification_report` of ``arrays`` on ``x_test``/``y_test``."""
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        predictions = predict_proba(self.model, self.prepared.x_test).argmax(axis=1)
+        return classification_report(self.prepared.y_test, predictions, self.prepared.class_names)
+
+
+def _labels_summary(client_stats: Mapping[str, Mapping[str, float]]) -> tuple[int, float]:
+    """Return labels bought so far and the labeled share of the reported clients' pools."""
+    labels = sum(
+        int(stats["carried-labels"] + stats["labels-queried-total"])
+        for stats in client_stats.values()
+    )
+    pool = sum(stats["pool-size"] for stats in client_stats.values())
+    labeled = sum(stats["labeled-pool-size"] for stats in client_stats.values())
+    return labels, (labeled / pool if pool else float("nan"))
+
+
+def run_federation(
+    grid: Grid,
+    config: RunConfig,
+    progress: Callable[[RoundProgress], None] | None = None,
+) -> Path:
+    """Run the configured rounds on ``grid`` and write the run directory.
+
+    Parameters
+    ----------
+    grid : Grid
+        Flower grid connecting to the SuperNodes.
+    config : RunConfig
+        Validated run config.
+    progress : Callable[[RoundProgress], None] | None, default=None
+        Called after each completed round.
+
+    Returns
+    -------
+    Path
+        The run directory.
+
+    Raises
+    ------
+    RoundFailedError
+        When a round gets too few valid replies or too few nodes connect.
+    ValueError
+        When ``run-dir`` holds another run that cannot be resumed.
+    """
+    run_dir = resolve_run_dir(config)
+    config = {**config, "run-dir": str(run_dir)}
+    prepared = prepare_dataset(
+        str(config["dataset"]),
+        str(config["data-dir"]) or None,
+        labels=str(config["labels"]),
+        seed=int(config["seed"]),
+        val_fraction=float(config["val-fraction"]),
+        test_fraction=float(config["test-fraction"]),
+    )
+    model = build_model(
+        prepared.x_train.shape[1],
+        len(prepared.class_names),
+        parse_hidden_layers(str(config["hidden-layers"])),
+        seed=int(config["seed"]),
+    )
+
+    # Start fresh or continue from the last completed round.
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint is not None and not config["resume"]:
+        raise ValueError(
+            f"{run_dir} already holds a run (checkpoint after round {checkpoint.round}); set "
+            "resume=true to continue it, or choose another run-dir"
+        )
+    if checkpoint is not None:
+        check_resumable(checkpoint, config, run_dir)
+        restore_random(checkpoint)
+        arrays, rows, client_stats = checkpoint.arrays, checkpoint.rows, checkpoint.client_stats
+        # NOTE: clients restart with fresh pools after a resume, so labels they
+        # bought before it are carried over here to keep the total whole.
+        for stats in client_stats.values():
+            stats["carried-labels"] += stats["labels-queried-total"]
+            stats["labels-queried-total"] = 0
+        start_round = checkpoint.round
+        logger.info("resuming %s after round %d", run_dir, start_round)
+    else:
+        random.seed(int(config["seed"]))
+        arrays = ArrayRecord(model.state_dict())
+        rows, client_stats, start_round = [], {}, 0
+        logger.info("starting run in %s", run_dir)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(run_dir, config)
+    if not (run_dir / "preprocessor").exists():
+        prepared.preprocessor.save(run_dir / "preprocessor")
+
+    strategy = build_strategy(config, ArrayRecord(model.state_dict()))
+    evaluator = GlobalEvaluator(prepared, model)
+    num_rounds = int(config["num-rounds"])
+    timeout = float(config["round-timeout"])
+    needed_nodes = int(config["min-available-nodes"]) or int(config["num-clients"])
+    report = evaluator(arrays)
+
+    for server_round in range(start_round + 1, num_rounds + 1):
+        started = time.monotonic()
+        logger.info("round %d/%d started", server_round, num_rounds)
+        wait_for_nodes(grid, needed_nodes, timeout)
+
+        # Train on sampled clients and aggregate the valid replies.
+        train_config = ConfigRecord(dict(config))
+        messages = strategy.configure_train(server_round, arrays, train_config, grid)
+        replies = grid.send_and_receive(messages, timeout=timeout)
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        if new_arrays is None:
+            raise RoundFailedError(f"round {server_round} failed: aggregation returned no weights")
+        arrays = new_arrays
+
+        # Optional federated evaluation on the clients' local test splits.
+        if float(config["fraction-evaluate"]) > 0:
+            evaluate_messages = strategy.configure_evaluate(
+                server_round, arrays, ConfigRecord(dict(config)), grid
+            )
+            evaluate_replies = grid.send_and_receive(evaluate_messages, timeout=timeout)
+            federated = strategy.aggregate_evaluate(server_round, evaluate_replies)
+            logger.info("round %d federated evaluation: %s", server_round, federated)
+
+        # Global evaluation and the round's record.
+        report = evaluator(arrays)
+        for metrics in strategy.client_metrics.values():
+            key = str(int(metrics["partition-id"]))
+            previous = client_stats.get(key, {"carried-labels": 0})
+            client_stats[key] = {
+                "carried-labels": previous["carried-labels"],
+                "labels-queried-total": float(metrics["labels-queried-total"]),
+                "labeled-pool-size": float(metrics["labeled-pool-size"]),
+                "pool-size": float(metrics["pool-size"]),
+            }
+        labels_total, labeled_fraction = _labels_summary(client_stats)
+        client_accuracies = [float(m["trained-accuracy"]) for m in strategy.client_metrics.values()]
+        row = {
+            "round": server_round,
+            "accuracy": report["accuracy"],
+            "macro_f1": report["macro_f1"],
+            "best_client_accuracy": float(np.nanmax(client_accuracies))
+            if client_accuracies
+            else float("nan"),
+            "worst_client_accuracy": float(np.nanmin(client_accuracies))
+            if client_accuracies
+            else float("nan"),
+            "labels_queried_total": labels_total,
+            "labeled_fraction": labeled_fraction,
+            "round_seconds": time.monotonic() - started,
+        }
+        rows.append(row)
+        write_metrics(run_dir, rows)
+        save_checkpoint(
+            run_dir,
+            Checkpoint(server_round, arrays, rows, client_stats, random.getstate(), dict(config)),
+        )
+        logger.info(
+            "round %d/%d done: accuracy %.4f, macro-F1 %.4f, %d labels bought, %.1f s",
+            server_round,
+            num_rounds,
+            row["accuracy"],
+            row["macro_f1"],
+            labels_total,
+            row["round_seconds"],
+        )
+        if progress is not None:
+            progress(
+                RoundProgress(
+                    round=server_round,
+                    num_rounds=num_rounds,
+                    sampled_clients=len(strategy.sampled_nodes),
+                    valid_replies=len(strategy.client_metrics),
+                    labels_queried_total=labels_total,
+                    labeled_fraction=labeled_fraction,
+                    accuracy=row["accuracy"],
+                    macro_f1=row["macro_f1"],
+                    elapsed_seconds=row["round_seconds"],
+                )
+            )
+
+    _write_final(run_dir, config, arrays, rows, client_stats, report, prepared)
+    return run_dir
+
+
+def _write_final(
+    run_dir: Path,
+    config: Mapping[str, Any],
+    arrays: ArrayRecord,
+    rows: list[dict[str, Any]],
+    client_stats: Mapping[str, Mapping[str, float]],
+    report: Mapping[str, Any],
+    prepared: PreparedData,
+) -> None:
+    """Write metrics.csv, summary.json and model.pt after the last round."""
+    write_metrics(run_dir, rows)
+    labels_total, labeled_fraction = _labels_summary(client_stats)
+    last = rows[-1] if rows else {}
+    summary = {
+        "rounds_completed": len(rows),
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "best_client_accuracy": last.get("best_client_accuracy"),
+        "worst_client_accuracy": last.get("worst_client_accuracy"),
+        "labels_queried_total": labels_total,
+        "labeled_fraction": labeled_fraction,
+        "class_names": list(prepared.class_names),
+        "precision": report["precision"],
+        "recall": report["recall"],
+        "f1": report["f1"],
+        "support": report["support"],
+        "confusion_matrix": report["confusion_matrix"],
+        "num_test_records": int(len(prepared.y_test)),
+        "run_config": dict(config),
+    }
+    write_summary(run_dir, summary)
+    save_model(run_dir, arrays.to_torch_state_dict())

@@ -1,0 +1,188 @@
+"""FedAvg and FedProx that leave invalid client replies out of the aggregate."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedProx
+
+logger = logging.getLogger(__name__)
+
+# Keys every training reply's MetricRecord must hold.
+REQUIRED_TRAIN_METRICS = (
+    "num-examples",
+    "partition-id",
+    "labels-queried",
+    "labels-queried-total",
+    "labeled-pool-size",
+    "pool-size",
+    "train-loss",
+    "received-accuracy",
+    "trained-accuracy",
+)
+
+
+class RoundFailedError(RuntimeError):
+    """A round ended with fewer valid client replies than the run config requires."""
+
+
+def reply_problem(msg: Message, reference: ArrayRecord) -> str | None:
+    """Return why a training reply cannot be aggregated, or None when it can.
+
+    A reply is rejected when it carries an error, lacks exactly one
+    ArrayRecord and one MetricRecord, misses a required metric, reports no
+    examples, or holds weights with other keys or shapes than ``reference``
+    or with NaN or Inf values.
+    """
+    if msg.has_error():
+        return f"client error: {msg.error.reason}"
+    content = msg.content
+    if len(content.array_records) != 1 or len(content.metric_records) != 1:
+        return (
+            f"expected one ArrayRecord and one MetricRecord, got {len(content.array_records)} "
+            f"and {len(content.metric_records)}"
+        )
+    metrics = next(iter(content.metric_records.values()))
+    missing = [key for key in REQUIRED_TRAIN_METRICS if key not in metrics]
+    if missing:
+        return f"metrics lack {missing}"
+    num_examples = metrics["num-examples"]
+    if isinstance(num_examples, list) or not num_examples > 0:
+        return f"invalid num-examples {num_examples!r}: must be a number > 0"
+
+    arrays = next(iter(content.array_records.values()))
+    if set(arrays.keys()) != set(reference.keys()):
+        return (
+            f"weight keys {sorted(arrays.keys())} differ from the model's "
+            f"{sorted(reference.keys())}"
+        )
+    for key, expected in reference.items():
+        received = arrays[key]
+        if tuple(received.shape) != tuple(expected.shape):
+            return (
+                f"weights '{key}' have shape {tuple(received.shape)}, "
+                f"expected {tuple(expected.shape)}"
+            )
+        if not np.all(np.isfinite(received.numpy())):
+            return f"weights '{key}' contain NaN or Inf"
+    return None
+
+
+class ReplyCheckMixin:
+    """Strategy mixin that drops invalid replies and fails a round with too few valid ones.
+
+    Mixed in before a Flower strategy (``class X(ReplyCheckMixin, FedAvg)``).
+    After each :meth:`aggregate_train`, :attr:`client_metrics` holds the
+    metrics of every valid reply, keyed by node id.
+
+    Parameters
+    ----------
+    reference_arrays : ArrayRecord
+        Weights of the model; replies must match its keys and shapes.
+    min_valid_fraction : float
+        Share of the sampled clients whose valid replies a round needs; at
+        least one valid reply is always needed.
+    """
+
+    def __init__(
+        self, *args: Any, reference_arrays: ArrayRecord, min_valid_fraction: float, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.reference_arrays = reference_arrays
+        self.min_valid_fraction = min_valid_fraction
+        self.sampled_nodes: list[int] = []
+        self.client_metrics: dict[int, dict[str, Any]] = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample clients as the parent strategy does and remember which were sampled."""
+        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        self.sampled_nodes = [message.metadata.dst_node_id for message in messages]
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the valid replies only.
+
+        Raises
+        ------
+        RoundFailedError
+            When fewer than ``ceil(min_valid_fraction * sampled)`` (at least
+            one) replies are valid.
+        """
+        replies = list(replies)
+        valid: list[Message] = []
+        for msg in replies:
+            problem = reply_problem(msg, self.reference_arrays)
+            if problem is None:
+                valid.append(msg)
+            else:
+                logger.warning(
+                    "round %d: reply of node %d left out of the aggregate: %s",
+                    server_round,
+                    msg.metadata.src_node_id,
+                    problem,
+                )
+        replied = {msg.metadata.src_node_id for msg in replies}
+        for node_id in self.sampled_nodes:
+            if node_id not in replied:
+                logger.warning(
+                    "round %d: node %d sent no reply before the timeout", server_round, node_id
+                )
+
+        needed = max(1, math.ceil(self.min_valid_fraction * len(self.sampled_nodes)))
+        if len(valid) < needed:
+            raise RoundFailedError(
+                f"round {server_round} failed: {len(valid)} valid replies from "
+                f"{len(self.sampled_nodes)} sampled clients, {needed} needed (min-valid-fraction "
+                f"{self.min_valid_fraction}); see the warnings above for each left-out node, and "
+                "raise round-timeout or lower min-valid-fraction if the clients are only slow"
+            )
+
+        self.client_metrics = {
+            msg.metadata.src_node_id: dict(next(iter(msg.content.metric_records.values())))
+            for msg in valid
+        }
+        return super().aggregate_train(server_round, valid)  # type: ignore[misc]
+
+
+class MetalsFedAvg(ReplyCheckMixin, FedAvg):
+    """FedAvg (McMahan et al., AISTATS 2017) with reply checks from :class:`ReplyCheckMixin`."""
+
+
+class MetalsFedProx(ReplyCheckMixin, FedProx):
+    """FedProx (Li et al., MLSys 2020) with reply checks; clients add the proximal term."""
+
+
+def build_strategy(config: Mapping[str, Any], reference_arrays: ArrayRecord) -> FedAvg:
+    """Create the strategy the run config names, FedAvg or FedProx with its ``proximal-mu``.
+
+    Parameters
+    ----------
+    config : Mapping[str, Any]
+        Validated run config.
+    reference_arrays : ArrayRecord
+        Initial global weights, used to check the shape of every reply.
+    """
+    num_clients = int(config["num-clients"])
+    min_available = int(config["min-available-nodes"]) or num_clients
+    common: dict[str, Any] = {
+        "fraction_train": float(config["fraction-train"]),
+        "fraction_evaluate": float(config["fraction-evaluate"]),
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1 if float(config["fraction-evaluate"]) > 0 else 0,
+        "min_available_nodes": min_available,
+        "reference_arrays": reference_arrays,
+        "min_valid_fraction": float(config["min-valid-fraction"]),
+    }
+    if config["strategy"] == "fedprox":
+        return MetalsFedProx(proximal_mu=float(config["proximal-mu"]), **common)
+    return MetalsFedAvg(**common)
