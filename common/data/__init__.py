@@ -1,1 +1,21 @@
-"""Dataset loaders, preprocessing, splits and partitions."""
+"""Dataset loaders, preprocessing, splits, client partitions and the prepared-array cache."""
+
+from metals.common.data.errors import DataError
+from metals.common.data.partition import ClientPartition, make_client_partition, partition_indices
+from metals.common.data.paths import resolve_data_dir
+from metals.common.data.prepare import PreparedData, dataset_names, prepare_dataset
+from metals.common.data.preprocess import Preprocessor
+from metals.common.data.smote import oversample_smote
+
+__all__ = [
+    "ClientPartition",
+    "DataError",
+    "PreparedData",
+    "Preprocessor",
+    "dataset_names",
+    "make_client_partition",
+    "oversample_smote",
+    "partition_indices",
+    "prepare_dataset",
+    "resolve_data_dir",
+]

@@ -1,0 +1,234 @@
+"""One-hot encoding and MinMax scaling fitted on training rows only."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from metals.common.data.errors import DataError
+from metals.common.data.table import LABEL
+
+logger = logging.getLogger(__name__)
+
+_STATE_FILE = "preprocessor.json"
+_VERSION = 1
+
+
+class Preprocessor:
+    """Turn a cleaned table into a scaled float32 matrix and class indices.
+
+    Categorical columns are one-hot encoded with the categories seen in the
+    training rows; a category never seen there becomes an all-zero block.
+    Every feature is then MinMax-scaled with the training minimum and
+    maximum, and values outside [0, 1] (rows outside the training range)
+    are clipped and counted.
+
+    Parameters
+    ----------
+    numeric : list[str]
+        Numeric feature columns.
+    categorical : list[str]
+        Categorical feature columns.
+    label_map : dict[str, str]
+        Fine-grained label (column ``label``) to class name.
+    class_names : list[str]
+        Classes in their fixed order; ``y`` indexes into it.
+    """
+
+    def __init__(
+        self,
+        numeric: list[str],
+        categorical: list[str],
+        label_map: dict[str, str],
+        class_names: list[str],
+    ) -> None:
+        self.numeric = list(numeric)
+        self.categorical = list(categorical)
+        self.label_map = dict(label_map)
+        self.class_names = list(class_names)
+        self.categories_: dict[str, list[str]] | None = None
+        self.min_: np.ndarray | None = None
+        self.scale_: np.ndarray | None = None
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the output columns, numeric first, then ``column=category``."""
+        if self.categories_ is None:
+            raise DataError("the preprocessor is not fitted; call fit() on training rows first")
+        names = list(self.numeric)
+        for column in self.categorical:
+            names.extend(f"{column}={category}" for category in self.categories_[column])
+        return names
+
+    def fit(self, frame: pd.DataFrame) -> Preprocessor:
+        """Learn categories and the MinMax range from training rows.
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            Training rows with every feature column.
+
+        Returns
+        -------
+        Preprocessor
+            ``self``, fitted.
+        """
+        if len(frame) == 0:
+            raise DataError("cannot fit the preprocessor on zero training rows")
+        self.categories_ = {
+            column: sorted(str(value) for value in pd.unique(frame[column].astype(str)))
+            for column in self.categorical
+        }
+        matrix = self._encode(frame)
+        low = matrix.min(axis=0)
+        high = matrix.max(axis=0)
+        span = high - low
+
+        # A constant column maps to 0: dividing by 1 keeps it finite.
+        span[span == 0] = 1.0
+        self.min_ = low.astype(np.float64)
+        self.scale_ = span.astype(np.float64)
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Encode, scale and clip ``frame``; see :meth:`transform_counted`.
+
+        Returns
+        -------
+        x : numpy.ndarray
+            float32, shape (n_rows, n_features), values in [0, 1].
+        y : numpy.ndarray
+            int64, shape (n_rows,), index into ``class_names``.
+        """
+        x, y, _ = self.transform_counted(frame)
+        return x, y
+
+    def transform_counted(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
+        """Encode, scale and clip ``frame`` and count the clipped values.
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            Rows with every feature column and the fine label in ``label``.
+
+        Returns
+        -------
+        x : numpy.ndarray
+            float32, shape (n_rows, n_features), values in [0, 1].
+        y : numpy.ndarray
+            int64, shape (n_rows,).
+        n_clipped : int
+            Number of values that were outside the training range.
+
+        Raises
+        ------
+        DataError
+            If the preprocessor is not fitted, a column is missing or a label
+            has no class.
+        """
+        if self.min_ is None or self.scale_ is None:
+            raise DataError("the preprocessor is not fitted; call fit() on training rows first")
+        matrix = self._encode(frame)
+        matrix -= self.min_
+        matrix /= self.scale_
+        outside = (matrix < 0.0) | (matrix > 1.0)
+        n_clipped = int(np.count_nonzero(outside))
+        np.clip(matrix, 0.0, 1.0, out=matrix)
+        return matrix.astype(np.float32), self.encode_labels(frame[LABEL]), n_clipped
+
+    def encode_labels(self, labels: pd.Series) -> np.ndarray:
+        """Return class indices, int64 shape (n_rows,), for fine-grained labels."""
+        index = {name: position for position, name in enumerate(self.class_names)}
+        codes = {fine: index[coarse] for fine, coarse in self.label_map.items()}
+        y = labels.astype(str).map(codes)
+        if y.isna().any():
+            unknown = sorted(set(labels.astype(str)[y.isna()]))
+            raise DataError(
+                f"label(s) {unknown} have no class in the label mapping; known labels "
+                f"are {sorted(self.label_map)}"
+            )
+        return y.to_numpy(dtype=np.int64)
+
+    def _encode(self, frame: pd.DataFrame) -> np.ndarray:
+        """Return numeric columns and one-hot blocks as float64, shape (n_rows, n_features)."""
+        missing = [c for c in self.numeric + self.categorical if c not in frame.columns]
+        if missing:
+            raise DataError(
+                f"missing feature column(s) {missing}; the table must have the columns "
+                "the preprocessor was fitted on"
+            )
+        assert self.categories_ is not None
+        n_onehot = sum(len(values) for values in self.categories_.values())
+        matrix = np.zeros((len(frame), len(self.numeric) + n_onehot), dtype=np.float64)
+        for position, column in enumerate(self.numeric):
+            matrix[:, position] = frame[column].to_numpy(dtype=np.float64)
+
+        offset = len(self.numeric)
+        for column in self.categorical:
+            categories = self.categories_[column]
+            codes = pd.Index(categories).get_indexer(frame[column].astype(str))
+            seen = codes >= 0
+            unseen = int(len(codes) - np.count_nonzero(seen))
+            if unseen:
+                logger.info(
+                    "column %s: %s value(s) of categories not seen in training encoded as "
+                    "all zeros",
+                    column,
+                    unseen,
+                )
+            rows = np.flatnonzero(seen)
+            matrix[rows, offset + codes[seen]] = 1.0
+            offset += len(categories)
+        return matrix
+
+    def save(self, directory: str | Path) -> None:
+        """Write the fitted state as JSON into ``directory`` (created if absent)."""
+        if self.min_ is None or self.scale_ is None or self.categories_ is None:
+            raise DataError("the preprocessor is not fitted; call fit() on training rows first")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {
+            "version": _VERSION,
+            "numeric": self.numeric,
+            "categorical": self.categorical,
+            "label_map": self.label_map,
+            "class_names": self.class_names,
+            "categories": self.categories_,
+            "min": self.min_.tolist(),
+            "scale": self.scale_.tolist(),
+        }
+        (directory / _STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Preprocessor:
+        """Read a preprocessor written by :meth:`save`.
+
+        Raises
+        ------
+        DataError
+            If the file is missing or not a preprocessor state.
+        """
+        path = Path(directory) / _STATE_FILE
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(
+                f"preprocessor state {path} not found; prepare the dataset first"
+            ) from None
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: invalid preprocessor state ({error}); delete it") from None
+        if state.get("version") != _VERSION:
+            raise DataError(
+                f"{path}: preprocessor state version {state.get('version')!r} is not "
+                f"{_VERSION}; prepare the dataset again"
+            )
+        preprocessor = cls(
+            state["numeric"], state["categorical"], state["label_map"], state["class_names"]
+        )
+        preprocessor.categories_ = {key: list(value) for key, value in state["categories"].items()}
+        preprocessor.min_ = np.asarray(state["min"], dtype=np.float64)
+        preprocessor.scale_ = np.asarray(state["scale"], dtype=np.float64)
+        return preprocessor

@@ -1,0 +1,76 @@
+"""Deduplication and seeded, stratified train / validation / test splits."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+from metals.common.data.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+def drop_duplicates(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, int]:
+    """Remove rows equal in every one of ``columns``, keeping the first.
+
+    Returns
+    -------
+    frame : pandas.DataFrame
+        The distinct rows with a fresh 0-based index.
+    removed : int
+        Number of rows removed.
+    """
+    duplicated = frame.duplicated(subset=columns, keep="first").to_numpy()
+    removed = int(np.count_nonzero(duplicated))
+    if removed:
+        frame = frame.loc[~duplicated]
+    return frame.reset_index(drop=True), removed
+
+
+def stratified_split(y: np.ndarray, fractions: list[float], *, seed: int) -> list[np.ndarray]:
+    """Split row indices into parts with the class proportions of ``y``.
+
+    Each class is shuffled with ``seed`` and cut by ``fractions``; the first
+    part takes the remainder, so every row lands in exactly one part. A class
+    with too few rows for a part gives that part none of it.
+
+    Parameters
+    ----------
+    y : numpy.ndarray
+        Class index per row, shape (n_rows,).
+    fractions : list[float]
+        Share of each later part, for example ``[0.1, 0.2]`` for validation
+        and test; the first part (training) gets ``1 - sum(fractions)``.
+    seed : int
+        Seed of the shuffle.
+
+    Returns
+    -------
+    list[numpy.ndarray]
+        ``len(fractions) + 1`` sorted int64 index arrays, training first.
+
+    Raises
+    ------
+    DataError
+        If the fractions are negative or leave no training share.
+    """
+    if any(fraction < 0 for fraction in fractions) or sum(fractions) >= 1:
+        raise DataError(
+            f"invalid split fractions {fractions}: each must be >= 0 and their sum "
+            "below 1 so that training rows remain"
+        )
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for label in np.unique(y):
+        rows = np.flatnonzero(y == label)
+        rows = rows[rng.permutation(len(rows))]
+        start = 0
+        for part, fraction in enumerate(fractions, start=1):
+            # Keep at least one row of the class for training.
+            size = min(int(round(fraction * len(rows))), len(rows) - start - 1)
+            size = max(size, 0)
+            parts[part].append(rows[start : start + size])
+            start += size
+        parts[0].append(rows[start:])
+    return [np.sort(np.concatenate(chunks)).astype(np.int64) for chunks in parts]
