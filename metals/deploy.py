@@ -1,0 +1,807 @@
+"""Run an experiment on a real Flower deployment: SuperLink and SuperNodes as OS processes.
+
+``metals deploy`` starts one ``flower-superlink`` and one ``flower-supernode``
+per client on loopback, each SuperNode with its own ``partition-id`` in its
+node config, submits the run with ``flwr run --stream``, reports each round as
+the ServerApp appends it to ``metrics.csv``, and stops every process it
+started, also on Ctrl-C, on SIGTERM and on failure. The run directory is the
+one ``metals run`` writes; ``deploy/`` inside it holds the generated Flower
+app, the Flower home folders, the TLS files and one log per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+SERVER_APP = "metals.server.app:app"
+CLIENT_APP = "metals.client.app:app"
+
+# Flower contacts flower.ai for telemetry and update checks unless told not
+# to, and installs app dependencies with `uv sync` at run time. metals runs
+# offline with everything installed, so every process it starts gets these.
+FLOWER_OFFLINE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+
+STOP_TIMEOUT_SECONDS = 10.0
+_FAILURES_LINE = re.compile(
+    r"aggregate_(train|evaluate): Received (\d+) results and (\d+) failures"
+)
+_ROUND_LINE = re.compile(r"\[ROUND (\d+)/(\d+)\]")
+
+ProgressCallback = Callable[[dict[str, float]], None]
+
+
+class DeployError(RuntimeError):
+    """A deployment process failed to start, died, or the run failed."""
+
+
+# ---------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------
+
+
+def find_free_port(host: str = LOOPBACK) -> int:
+    """Return a TCP port on ``host`` that is free right now.
+
+    NOTE: another process may take the port between this call and the bind
+    of the Flower process; a start-up failure then names the port in its log.
+    """
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def flower_executable(name: str) -> str:
+    """Return the path of a Flower command, preferring the one beside this Python.
+
+    Raises
+    ------
+    DeployError
+        If the command is not installed.
+    """
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.is_file() and os.access(beside_python, os.X_OK):
+        return str(beside_python)
+    found = shutil.which(name)
+    if found is None:
+        raise DeployError(
+            f"command not found: {name}; install Flower in this environment "
+            "(pip install 'flwr[simulation]>=1.42,<1.43')"
+        )
+    return found
+
+
+def flower_environment(flwr_home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return the environment for a Flower process: offline settings and its own FLWR_HOME."""
+    environment = dict(os.environ if base is None else base)
+    environment.update(FLOWER_OFFLINE_ENV)
+    environment["FLWR_HOME"] = str(flwr_home)
+    environment["PYTHONUNBUFFERED"] = "1"
+    return environment
+
+
+def _exit_with_parent() -> None:
+    """Ask Linux to send SIGTERM to this child when the process that started it dies.
+
+    Runs in the child between fork and exec. It covers a parent killed by
+    SIGKILL, where no ``finally`` block can run.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+@dataclass
+class ManagedProcess:
+    """One Flower process in its own process group, logging to one file.
+
+    Attributes
+    ----------
+    name : str
+        Short name used in logs, such as ``superlink`` or ``supernode-2``.
+    command : list[str]
+        Program and arguments.
+    log_path : Path
+        File that receives the process's stdout and stderr.
+    environment : dict[str, str]
+        Environment of the process.
+    """
+
+    name: str
+    command: list[str]
+    log_path: Path
+    environment: dict[str, str]
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        """Start the process in a new session so that its children can be stopped with it."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = self.log_path.open("ab")
+        logger.debug("Starting %s: %s", self.name, " ".join(self.command))
+        self.popen = subprocess.Popen(  # noqa: S603 - command built from fixed Flower programs
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=self.environment,
+            start_new_session=True,
+            preexec_fn=_exit_with_parent,
+        )
+        logger.info("Started %s (pid %d), log %s", self.name, self.popen.pid, self.log_path)
+
+    @property
+    def pid(self) -> int:
+        """Process id; raises ``DeployError`` before ``start``."""
+        if self.popen is None:
+            raise DeployError(f"{self.name} has not been started")
+        return self.popen.pid
+
+    def exit_code(self) -> int | None:
+        """Return the exit code, or None while the process runs (or before it starts)."""
+        return None if self.popen is None else self.popen.poll()
+
+    def _signal_group(self, signum: int) -> None:
+        """Send ``signum`` to the process group; a group that is gone already is fine."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    def kill(self) -> None:
+        """Kill the process group with SIGKILL, as a crash or power loss would."""
+        if self.popen is not None:
+            self._signal_group(signal.SIGKILL)
+            self.popen.wait()
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        """Stop the process group: SIGTERM, then SIGKILL after ``timeout`` seconds.
+
+        The group is signalled even when the leader has exited, because a
+        child it left behind (a ServerApp or ClientApp runner) may still run.
+        """
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning(
+                    "%s (pid %d) did not stop within %.0f s after SIGTERM; sending SIGKILL",
+                    self.name,
+                    self.pid,
+                    timeout,
+                )
+        self._signal_group(signal.SIGKILL)
+        self.popen.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """Return the last ``lines`` lines of the process log."""
+        return _tail(self.log_path, lines)
+
+
+def _tail(path: Path, lines: int) -> str:
+    """Return the last ``lines`` lines of a text file, or '' when it is missing."""
+    if not path.is_file():
+        return ""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_for_port(host: str, port: int, process: ManagedProcess, timeout: float) -> None:
+    """Wait until ``host:port`` accepts TCP connections.
+
+    Raises
+    ------
+    DeployError
+        If ``process`` exits first or the port is not open after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = process.exit_code()
+        if code is not None:
+            raise DeployError(
+                f"{process.name} exited with code {code} during start-up; "
+                f"last lines of {process.log_path}:\n{process.log_tail()}"
+            )
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return
+        time.sleep(0.2)
+    raise DeployError(
+        f"{process.name} did not open {host}:{port} within {timeout:.0f} s; see {process.log_path}"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Flower app folder and connection
+# ---------------------------------------------------------------------------
+
+
+def write_app_folder(
+    folder: Path,
+    run_config: Mapping[str, Any],
+    *,
+    server_app: str = SERVER_APP,
+    client_app: str = CLIENT_APP,
+) -> Path:
+    """Write the minimal Flower app that ``flwr run`` packages and submits.
+
+    The app holds no code: ``[tool.flwr.app.components]`` points at the
+    installed metals, which every SuperLink and SuperNode host must have, and
+    ``[tool.flwr.app.config]`` carries the whole run config, so ``flwr run``
+    needs no ``--run-config``.
+
+    Parameters
+    ----------
+    folder : Path
+        Folder to create; its ``pyproject.toml`` is replaced.
+    run_config : Mapping[str, Any]
+        Flat run config with bool, int, float or str values.
+    server_app, client_app : str
+        Object references of the ServerApp and ClientApp.
+
+    Returns
+    -------
+    Path
+        ``folder``.
+    """
+    import tomli_w  # a dependency of flwr
+
+    from metals import __version__
+
+    document = {
+        "project": {
+            "name": "metals-deployment",
+            "version": __version__,
+            "description": "metals experiment submitted by metals deploy",
+            "license": "Apache-2.0",
+            # Every host has metals installed; runtime installation is off.
+            "dependencies": [],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "metals",
+                    "components": {"serverapp": server_app, "clientapp": client_app},
+                    "config": dict(run_config),
+                }
+            }
+        },
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(tomli_w.dumps(document), encoding="utf-8")
+    return folder
+
+
+def write_connection(flwr_home: Path, address: str, root_certificates: Path | None) -> str:
+    """Write ``$FLWR_HOME/config.toml`` with one SuperLink connection and return its name."""
+    import tomli_w
+
+    connection: dict[str, Any] = {"address": address}
+    if root_certificates is None:
+        connection["insecure"] = True
+    else:
+        connection["root-certificates"] = str(root_certificates)
+    document = {"superlink": {"default": "metals", "metals": connection}}
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text(tomli_w.dumps(document), encoding="utf-8")
+    return "metals"
+
+
+# ---------------------------------------------------------------------------
+# The deployment
+# ---------------------------------------------------------------------------
+
+
+def _resolve_run_dir(run_config: Mapping[str, Any]) -> Path:
+    """Return the absolute run directory: ``run-dir``, or ``runs/<time>-deploy`` under the cwd."""
+    configured = str(run_config.get("run-dir") or "")
+    if configured:
+        return Path(configured).expanduser().resolve()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return (Path.cwd() / "runs" / f"{stamp}-deploy").resolve()
+
+
+@dataclass
+class Deployment:
+    """A SuperLink and N SuperNodes on loopback that run one metals experiment.
+
+    Use it as a context manager: leaving the block stops every process, also
+    when the block raises (including ``KeyboardInterrupt``).
+
+    Parameters
+    ----------
+    run_config : Mapping[str, Any]
+        Validated flat run config (``metals.common.runconfig``). ``num-clients``
+        sets the number of SuperNodes; ``run-dir`` (made absolute here) the
+        run directory.
+    tls : bool, default=False
+        Serve the SuperLink with TLS using self-signed site certificates.
+    certs_dir : Path | None, default=None
+        Folder with ``ca.crt``, ``server.pem`` and ``server.key``
+        (``metals.tls``). None creates fresh ones in ``deploy/tls``.
+    verbose : bool, default=False
+        Echo the ``flwr run`` log stream to stderr.
+    server_app, client_app : str
+        Object references written into the Flower app.
+    startup_timeout : float, default=60.0
+        Seconds to wait for the SuperLink to open its port.
+    """
+
+    run_config: Mapping[str, Any]
+    tls: bool = False
+    certs_dir: Path | None = None
+    verbose: bool = False
+    server_app: str = SERVER_APP
+    client_app: str = CLIENT_APP
+    startup_timeout: float = 60.0
+    run_dir: Path = field(init=False)
+    superlink: ManagedProcess | None = field(default=None, init=False)
+    supernodes: list[ManagedProcess] = field(default_factory=list, init=False)
+    submitter: ManagedProcess | None = field(default=None, init=False)
+    failed_replies: int = field(default=0, init=False)
+    _lost: set[str] = field(default_factory=set, init=False)
+
+    def __post_init__(self) -> None:
+        num_clients = int(self.run_config["num-clients"])
+        if num_clients < 1:
+            raise ValueError(f"invalid num-clients {num_clients}: a deployment needs at least 1")
+        self.run_dir = _resolve_run_dir(self.run_config)
+        config = dict(self.run_config)
+        config["run-dir"] = str(self.run_dir)
+        # ServerApp and ClientApp processes start in Flower's own folders, so
+        # a relative data folder would point elsewhere there.
+        if config.get("data-dir"):
+            config["data-dir"] = str(Path(str(config["data-dir"])).expanduser().resolve())
+        self.run_config = config
+
+    @property
+    def deploy_dir(self) -> Path:
+        """Folder of the Flower app, Flower homes, TLS files and logs."""
+        return self.run_dir / "deploy"
+
+    @property
+    def log_dir(self) -> Path:
+        """Folder with one log file per process."""
+        return self.deploy_dir / "logs"
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- start ---------------------------------------------------------------
+
+    def _certificates(self) -> Any:
+        """Return the site certificates, creating them in ``deploy/tls`` when none are given."""
+        from metals.tls import SiteCertificates, create_site_certificates
+
+        if self.certs_dir is not None:
+            certificates = SiteCertificates.in_folder(self.certs_dir)
+            certificates.check()
+            return certificates
+        return create_site_certificates(self.deploy_dir / "tls", overwrite=True)
+
+    def start(self) -> None:
+        """Start the SuperLink, wait for its port, then start one SuperNode per client."""
+        num_clients = int(self.run_config["num-clients"])
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        homes = self.deploy_dir / "flwr-home"
+        port = find_free_port()
+        self.address = f"{LOOPBACK}:{port}"
+
+        # SuperLink: Fleet, Control and Runtime APIs share one port in Flower 1.42.
+        superlink_command = [
+            flower_executable("flower-superlink"),
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--isolation",
+            "subprocess",
+            "--disable-runtime-dependency-installation",
+        ]
+        node_tls: list[str]
+        self.root_certificates: Path | None
+        if self.tls:
+            certificates = self._certificates()
+            superlink_command += [
+                "--ssl-certfile",
+                str(certificates.server_cert),
+                "--ssl-keyfile",
+                str(certificates.server_key),
+                "--ssl-ca-certfile",
+                str(certificates.ca_cert),
+            ]
+            node_tls = ["--root-certificates", str(certificates.ca_cert)]
+            self.root_certificates = certificates.ca_cert
+            logger.info("TLS is on: SuperNodes verify the SuperLink with %s", certificates.ca_cert)
+        else:
+            superlink_command.append("--insecure")
+            node_tls = ["--insecure"]
+            self.root_certificates = None
+            logger.warning(
+                "TLS is off: traffic between the SuperLink and the SuperNodes is "
+                "unencrypted; use --tls for encrypted connections"
+            )
+
+        self.superlink = ManagedProcess(
+            "superlink",
+            superlink_command,
+            self.log_dir / "superlink.log",
+            flower_environment(homes / "superlink"),
+        )
+        self.superlink.start()
+        wait_for_port(LOOPBACK, port, self.superlink, self.startup_timeout)
+
+        # SuperNodes: each with its own partition and its own ClientApp runtime port.
+        for partition_id in range(num_clients):
+            command = [
+                flower_executable("flower-supernode"),
+                *node_tls,
+                "--superlink",
+                self.address,
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(find_free_port()),
+                "--isolation",
+                "subprocess",
+                "--node-config",
+                f"partition-id={partition_id} num-partitions={num_clients}",
+            ]
+            node = ManagedProcess(
+                f"supernode-{partition_id}",
+                command,
+                self.log_dir / f"supernode-{partition_id}.log",
+                flower_environment(homes / f"supernode-{partition_id}"),
+            )
+            node.start()
+            self.supernodes.append(node)
+
+    # -- run -----------------------------------------------------------------
+
+    def submit(self) -> None:
+        """Write the Flower app and the connection, then start ``flwr run --stream``."""
+        if self.superlink is None:
+            raise DeployError("start() must run before submit()")
+        app_dir = write_app_folder(
+            self.deploy_dir / "app",
+            self.run_config,
+            server_app=self.server_app,
+            client_app=self.client_app,
+        )
+        cli_home = self.deploy_dir / "flwr-home" / "cli"
+        connection = write_connection(cli_home, self.address, self.root_certificates)
+        self.submitter = ManagedProcess(
+            "flwr-run",
+            [flower_executable("flwr"), "run", str(app_dir), connection, "--stream"],
+            self.log_dir / "flwr-run.log",
+            flower_environment(cli_home),
+        )
+        self.submitter.start()
+
+    def _check_supernodes(self) -> None:
+        """Log each SuperNode that has exited; raise when none is left."""
+        for node in self.supernodes:
+            code = node.exit_code()
+            if code is not None and node.name not in self._lost:
+                self._lost.add(node.name)
+                logger.warning(
+                    "%s exited with code %d during the run; the run continues with "
+                    "%d SuperNode(s). Last lines of %s:\n%s",
+                    node.name,
+                    code,
+                    len(self.supernodes) - len(self._lost),
+                    node.log_path,
+                    node.log_tail(5),
+                )
+        if self._lost and len(self._lost) == len(self.supernodes):
+            raise DeployError(f"every SuperNode exited; logs in {self.log_dir}")
+
+    def _scan_stream(self, offset: int) -> int:
+        """Log failed replies in the ``flwr run`` stream after ``offset``; return the new offset."""
+        assert self.submitter is not None
+        path = self.submitter.log_path
+        if not path.is_file():
+            return offset
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+        end = chunk.rfind(b"\n") + 1
+        for raw_line in chunk[:end].decode("utf-8", errors="replace").splitlines():
+            if self.verbose:
+                print(raw_line, file=sys.stderr)
+            round_match = _ROUND_LINE.search(raw_line)
+            if round_match:
+                self._current_round = int(round_match.group(1))
+            failures = _FAILURES_LINE.search(raw_line)
+            if failures and int(failures.group(3)) > 0:
+                self.failed_replies += int(failures.group(3))
+                logger.warning(
+                    "round %s: %s of %d %s replies failed (lost or failed SuperNodes); "
+                    "aggregating the %s that arrived",
+                    getattr(self, "_current_round", "?"),
+                    failures.group(3),
+                    int(failures.group(2)) + int(failures.group(3)),
+                    failures.group(1),
+                    failures.group(2),
+                )
+        return offset + end
+
+    def wait(
+        self,
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        poll_seconds: float = 0.5,
+    ) -> Path:
+        """Wait for the run to finish, reporting rounds and lost SuperNodes.
+
+        Parameters
+        ----------
+        progress : Callable[[dict[str, float]], None] | None, default=None
+            Called once per new ``metrics.csv`` row with its values as floats.
+        timeout : float | None, default=None
+            Seconds to wait before giving up; None waits as long as it takes.
+        poll_seconds : float, default=0.5
+            Interval between checks of the processes and files.
+
+        Returns
+        -------
+        Path
+            The run directory.
+
+        Raises
+        ------
+        DeployError
+            If the SuperLink or every SuperNode dies, ``flwr run`` fails,
+            the timeout passes, or the run ends without ``summary.json``.
+        """
+        if self.submitter is None or self.superlink is None:
+            raise DeployError("submit() must run before wait()")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rows_seen = 0
+        stream_offset = 0
+
+        while True:
+            stream_offset = self._scan_stream(stream_offset)
+            rows_seen = _report_new_rows(self.run_dir / "metrics.csv", rows_seen, progress)
+            code = self.submitter.exit_code()
+            if code is not None:
+                break
+            if self.superlink.exit_code() is not None:
+                raise DeployError(
+                    f"the SuperLink exited with code {self.superlink.exit_code()} during "
+                    f"the run; last lines of {self.superlink.log_path}:\n"
+                    f"{self.superlink.log_tail()}"
+                )
+            self._check_supernodes()
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeployError(
+                    f"the run did not finish within {timeout:.0f} s; logs in {self.log_dir}"
+                )
+            time.sleep(poll_seconds)
+
+        self._scan_stream(stream_offset)
+        _report_new_rows(self.run_dir / "metrics.csv", rows_seen, progress)
+        if code != 0:
+            raise DeployError(
+                f"flwr run exited with code {code}; last lines of "
+                f"{self.submitter.log_path}:\n{self.submitter.log_tail()}"
+            )
+        if not (self.run_dir / "summary.json").is_file():
+            raise DeployError(
+                f"the run ended without writing {self.run_dir / 'summary.json'}; the "
+                f"ServerApp probably failed. Last lines of {self.submitter.log_path}:\n"
+                f"{self.submitter.log_tail()}"
+            )
+        return self.run_dir
+
+    def stop(self) -> None:
+        """Stop ``flwr run``, the SuperNodes and the SuperLink, in that order."""
+        processes = [self.submitter, *self.supernodes, self.superlink]
+        for process in processes:
+            if process is None:
+                continue
+            try:
+                process.stop()
+            except Exception:  # keep stopping the others
+                logger.exception("Failed to stop %s", process.name)
+        logger.info("Stopped all deployment processes; logs in %s", self.log_dir)
+
+
+def _report_new_rows(path: Path, rows_seen: int, progress: ProgressCallback | None) -> int:
+    """Call ``progress`` for rows of ``metrics.csv`` after the first ``rows_seen``."""
+    if not path.is_file():
+        return rows_seen
+    with path.open(newline="", encoding="utf-8") as handle:
+        text = handle.read()
+    # The last line may be half written; only complete lines count.
+    complete = text[: text.rfind("\n") + 1]
+    rows = list(csv.DictReader(complete.splitlines()))
+    for row in rows[rows_seen:]:
+        values = {key: _to_float(value) for key, value in row.items() if key}
+        if progress is not None:
+            progress(values)
+    return max(rows_seen, len(rows))
+
+
+def _to_float(text: str | None) -> float:
+    """Parse a metrics.csv cell; empty cells become NaN."""
+    try:
+        return float(text) if text not in (None, "") else float("nan")
+    except ValueError:
+        return float("nan")
+
+
+def run_deployment(
+    run_config: Mapping[str, Any],
+    *,
+    tls: bool = False,
+    certs_dir: Path | None = None,
+    progress: ProgressCallback | None = None,
+    verbose: bool = False,
+    timeout: float | None = None,
+) -> Path:
+    """Run one experiment on a local SuperLink and ``num-clients`` SuperNodes.
+
+    Parameters
+    ----------
+    run_config : Mapping[str, Any]
+        Flat run config; validated here with ``validate_run_config``.
+    tls, certs_dir, verbose
+        See ``Deployment``.
+    progress : Callable[[dict[str, float]], None] | None, default=None
+        Called once per finished round with its ``metrics.csv`` row.
+    timeout : float | None, default=None
+        Seconds before the run is abandoned.
+
+    Returns
+    -------
+    Path
+        The run directory with metrics.csv, summary.json, model.pt and ``deploy/logs``.
+    """
+    from metals.common.runconfig import SETTINGS, validate_run_config
+
+    config = validate_run_config({k: v for k, v in run_config.items() if k in SETTINGS})
+    with Deployment(config, tls=tls, certs_dir=certs_dir, verbose=verbose) as deployment:
+        deployment.start()
+        deployment.submit()
+        return deployment.wait(progress=progress, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into ``KeyboardInterrupt`` so that cleanup runs as on Ctrl-C."""
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_round(row: dict[str, float]) -> None:
+    """Print one progress line for a finished round."""
+    nan = float("nan")
+    print(
+        f"round {row.get('round', nan):.0f}: accuracy {row.get('accuracy', nan):.4f}"
+        f"  macro-F1 {row.get('macro_f1', nan):.4f}"
+        f"  labels {row.get('labels_queried_total', nan):.0f}"
+        f"  {row.get('round_seconds', nan):.1f} s",
+        flush=True,
+    )
+
+
+def compose_run_config(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turn ``key=value`` overrides into a validated flat run config.
+
+    Hydra overrides go through ``metals.config`` when it is installed; plain
+    run-config keys (``num-clients=3``) are accepted without it.
+    """
+    from metals.common.runconfig import validate_run_config
+
+    try:
+        from metals import config as hydra_config
+    except ImportError:
+        hydra_config = None
+    if hydra_config is not None and hasattr(hydra_config, "compose_run_config"):
+        return dict(hydra_config.compose_run_config(list(overrides)))
+
+    pairs: dict[str, str] = {}
+    for item in overrides:
+        key, separator, value = item.partition("=")
+        if not separator:
+            raise ValueError(f"invalid override {item!r}: expected key=value")
+        pairs[key.replace("_", "-")] = value
+    return validate_run_config(pairs)
+
+
+def deploy_main(argv: list[str]) -> int:
+    """Run ``metals deploy [options] [overrides]``; return the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="metals deploy",
+        description=(
+            "Run an experiment on a Flower SuperLink and one SuperNode per client, "
+            "each an OS process on this machine (loopback)."
+        ),
+    )
+    parser.add_argument("--tls", action="store_true", help="serve the SuperLink with TLS")
+    parser.add_argument(
+        "--certs",
+        type=Path,
+        default=None,
+        help="folder with ca.crt, server.pem, server.key (default: fresh self-signed ones)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds before the run is abandoned"
+    )
+    parser.add_argument("--verbose", action="store_true", help="echo the Flower log stream")
+    parser.add_argument("overrides", nargs="*", help="config overrides such as num_clients=3")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run_config = compose_run_config(args.overrides)
+    except ValueError as error:
+        print(f"metals deploy: {error}", file=sys.stderr)
+        return 2
+
+    try:
+        with _sigterm_as_interrupt():
+            run_dir = run_deployment(
+                run_config,
+                tls=args.tls,
+                certs_dir=args.certs,
+                progress=_print_round,
+                verbose=args.verbose,
+                timeout=args.timeout,
+            )
+    except KeyboardInterrupt:
+        print("metals deploy: interrupted; all processes stopped", file=sys.stderr)
+        return 130
+    except (DeployError, FileNotFoundError) as error:
+        print(f"metals deploy: {error}", file=sys.stderr)
+        return 1
+    print(f"run directory: {run_dir}")
+    return 0
