@@ -137,13 +137,16 @@ def _natural(
             f"{len(names)} clients"
         )
 
-    # One client per device type, the rest by largest remainder of the shares.
-    clients = np.ones(len(names), dtype=np.int64)
-    spare = num_clients - len(names)
-    ideal = counts / counts.sum() * spare
-    clients += np.floor(ideal).astype(np.int64)
-    leftover = num_clients - int(clients.sum())
-    clients[np.argsort(-(ideal - np.floor(ideal)), kind="stable")[:leftover]] += 1
+    # Clients in proportion to the rows, at least one per device type: start
+    # from the rounded-down shares, then add to (or take from) the device type
+    # furthest below (or above) its exact share.
+    ideal = counts / counts.sum() * num_clients
+    clients = np.maximum(np.floor(ideal).astype(np.int64), 1)
+    while clients.sum() < num_clients:
+        clients[int(np.argmax(ideal - clients))] += 1
+    while clients.sum() > num_clients:
+        excess = np.where(clients > 1, clients - ideal, -np.inf)
+        clients[int(np.argmax(excess))] -= 1
     clients = np.minimum(clients, counts)
     if clients.sum() < num_clients:
         raise DataError(

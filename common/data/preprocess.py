@@ -129,6 +129,29 @@ class Preprocessor:
             If the preprocessor is not fitted, a column is missing or a label
             has no class.
         """
+        x, n_clipped = self._scale(frame)
+        return x, self.encode_labels(frame[LABEL]), n_clipped
+
+    def transform_features(self, frame: pd.DataFrame) -> np.ndarray:
+        """Encode, scale and clip the features of unlabeled rows.
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            Rows with every feature column; a ``label`` column is not needed.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, shape (n_rows, n_features), values in [0, 1].
+        """
+        x, n_clipped = self._scale(frame)
+        if n_clipped:
+            logger.info("clipped %s value(s) outside the training range to [0, 1]", n_clipped)
+        return x
+
+    def _scale(self, frame: pd.DataFrame) -> tuple[np.ndarray, int]:
+        """Return the clipped float32 matrix and the number of clipped values."""
         if self.min_ is None or self.scale_ is None:
             raise DataError("the preprocessor is not fitted; call fit() on training rows first")
         matrix = self._encode(frame)
@@ -137,7 +160,7 @@ class Preprocessor:
         outside = (matrix < 0.0) | (matrix > 1.0)
         n_clipped = int(np.count_nonzero(outside))
         np.clip(matrix, 0.0, 1.0, out=matrix)
-        return matrix.astype(np.float32), self.encode_labels(frame[LABEL]), n_clipped
+        return matrix.astype(np.float32), n_clipped
 
     def encode_labels(self, labels: pd.Series) -> np.ndarray:
         """Return class indices, int64 shape (n_rows,), for fine-grained labels."""
