@@ -74,6 +74,16 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "print the validated flat run config (kebab-case keys) for overrides",
         "metals.cli:config_command",
     ),
+    Subcommand(
+        "detect",
+        "label each record of a traffic file with a trained run's model",
+        "metals.detect:detect_command",
+    ),
+    Subcommand(
+        "export",
+        "export a trained model as TorchScript or ONNX and check it against PyTorch",
+        "metals.detect:export_command",
+    ),
 )
 
 

@@ -1,0 +1,358 @@
+"""Load a trained run directory and predict attack classes on traffic files in chunks.
+
+A run directory written by the server contains everything a detector needs:
+``model.pt`` (the MLP's state_dict), ``config.json`` (the resolved run
+config, from which the hidden layer widths and the dataset come),
+``summary.json`` (``format_version`` and ``class_names`` in their fixed
+order) and ``preprocessor/`` (the preprocessing fitted on training rows).
+Nothing is refitted: traffic is encoded and scaled exactly as in training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from metals.common.data.preprocess import Preprocessor
+from metals.common.data.table import LABEL
+from metals.common.model import MLP
+from metals.common.runconfig import parse_hidden_layers
+from metals.common.traffic import (
+    BadRecord,
+    TrafficLayout,
+    inspect_columns,
+    iter_traffic_chunks,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Oldest and newest run-directory format this version of metals reads.
+MIN_FORMAT_VERSION = 1
+MAX_FORMAT_VERSION = 1
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+PREPROCESSOR_DIR = "preprocessor"
+
+#: Class names, compared case-insensitively, that mean benign traffic.
+BENIGN_NAMES = frozenset({"normal", "benign"})
+
+
+class RunDirError(ValueError):
+    """A run directory that is missing a file, damaged, or of an unsupported format."""
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object from ``path``, raising :class:`RunDirError` with the fix."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(
+            f"{path} not found; --model must be a run directory written by "
+            "'metals run' (with model.pt, config.json, summary.json, preprocessor/)"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise RunDirError(f"{path}: invalid JSON ({error}); the run directory is damaged") from None
+    if not isinstance(value, dict):
+        raise RunDirError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def check_format_version(summary: Mapping[str, Any], path: Path) -> int:
+    """Return the run directory's ``format_version`` if this metals can read it.
+
+    Raises
+    ------
+    RunDirError
+        When the field is missing or not an integer, or when the run is older
+        than :data:`MIN_FORMAT_VERSION` or newer than :data:`MAX_FORMAT_VERSION`.
+        For a newer run the message says to upgrade metals.
+    """
+    version = summary.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise RunDirError(
+            f"{path}: 'format_version' is {version!r}, expected an integer; the run "
+            "directory was not written by metals or is damaged"
+        )
+    if version > MAX_FORMAT_VERSION:
+        raise RunDirError(
+            f"{path}: run directory format_version {version} is newer than this metals "
+            f"reads (up to {MAX_FORMAT_VERSION}); upgrade metals to use this model"
+        )
+    if version < MIN_FORMAT_VERSION:
+        raise RunDirError(
+            f"{path}: run directory format_version {version} is older than this metals "
+            f"reads (from {MIN_FORMAT_VERSION}); train the model again with this metals"
+        )
+    return version
+
+
+def traffic_layout(dataset: str, preprocessor: Preprocessor) -> TrafficLayout:
+    """Return the traffic-file columns a model trained on ``dataset`` accepts.
+
+    Parameters
+    ----------
+    dataset : str
+        Dataset name from the run config.
+    preprocessor : Preprocessor
+        Fitted preprocessing; its numeric and categorical columns are the
+        features a file must contain.
+
+    Returns
+    -------
+    TrafficLayout
+        For ``nsl_kdd`` also the column orders of files without a header row
+        (41 features, optionally followed by the attack name and difficulty).
+    """
+    features = tuple(preprocessor.numeric + preprocessor.categorical)
+    numeric = frozenset(preprocessor.numeric)
+    if dataset == "nsl_kdd":
+        from metals.common.data import nsl_kdd
+
+        ordered = tuple(nsl_kdd.FEATURES)
+        return TrafficLayout(
+            features=ordered,
+            numeric=numeric,
+            optional=(LABEL, nsl_kdd.DIFFICULTY),
+            headerless=(ordered, (*ordered, LABEL), (*ordered, LABEL, nsl_kdd.DIFFICULTY)),
+            label=LABEL,
+        )
+    # TODO: per-dataset identifier and timestamp columns for ton_iot and edge_iiotset.
+    return TrafficLayout(features=features, numeric=numeric, optional=(LABEL,), label=LABEL)
+
+
+@dataclass
+class Detector:
+    """A trained model with its fitted preprocessing, ready to label traffic.
+
+    Parameters
+    ----------
+    run_dir : pathlib.Path
+        Run directory the detector was loaded from.
+    model : MLP
+        Classifier in eval mode.
+    preprocessor : Preprocessor
+        Preprocessing fitted on the training rows.
+    class_names : list[str]
+        Classes in the order of the model's outputs.
+    config : dict[str, Any]
+        Resolved run config of the training run.
+    format_version : int
+        Run-directory format the files were written in.
+    """
+
+    run_dir: Path
+    model: MLP
+    preprocessor: Preprocessor
+    class_names: list[str]
+    config: dict[str, Any]
+    format_version: int
+    layout: TrafficLayout = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.layout = traffic_layout(str(self.config.get("dataset", "")), self.preprocessor)
+
+    @property
+    def num_features(self) -> int:
+        """Input width of the model (preprocessed columns)."""
+        return self.model.num_features
+
+    @property
+    def benign_class(self) -> int | None:
+        """Index of the benign class ("normal"/"benign"), or None when no class is benign."""
+        for position, name in enumerate(self.class_names):
+            if name.lower() in BENIGN_NAMES:
+                return position
+        return None
+
+    def features(self, frame: pd.DataFrame) -> np.ndarray:
+        """Encode and scale raw records, float32 (n_records, num_features)."""
+        return self.preprocessor.transform_features(frame)
+
+    def predict_proba(self, x: np.ndarray, *, batch_size: int = 65_536) -> np.ndarray:
+        """Return class probabilities, float32 (n, num_classes), for ``x`` of shape (n, d)."""
+        outputs = []
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
+                outputs.append(torch.softmax(self.model(batch), dim=1).numpy())
+        if not outputs:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        return np.concatenate(outputs)
+
+
+def load_detector(run_dir: str | Path) -> Detector:
+    """Load the model, fitted preprocessing and class names of a run directory.
+
+    Parameters
+    ----------
+    run_dir : str or pathlib.Path
+        Folder written by a training run.
+
+    Returns
+    -------
+    Detector
+        The model in eval mode with its preprocessing.
+
+    Raises
+    ------
+    RunDirError
+        When a file is missing or damaged, the format version is not readable
+        by this metals, or the weights do not fit the configured model.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} not found; pass the folder 'metals run' wrote")
+
+    summary = read_json(run_dir / SUMMARY_FILE)
+    version = check_format_version(summary, run_dir / SUMMARY_FILE)
+    config = read_json(run_dir / CONFIG_FILE)
+    preprocessor = _load_preprocessor(run_dir / PREPROCESSOR_DIR)
+
+    class_names = summary.get("class_names")
+    if not isinstance(class_names, list) or not all(isinstance(n, str) for n in class_names):
+        raise RunDirError(
+            f"{run_dir / SUMMARY_FILE}: 'class_names' is missing or not a list of names"
+        )
+    if class_names != preprocessor.class_names:
+        raise RunDirError(
+            f"{run_dir}: summary.json class_names {class_names} differ from the "
+            f"preprocessor's {preprocessor.class_names}; the run directory mixes two runs"
+        )
+
+    model = _load_model(run_dir, config, len(preprocessor.feature_names), len(class_names))
+    logger.info(
+        "loaded run %s: dataset %s, %s features, classes %s",
+        run_dir,
+        config.get("dataset"),
+        model.num_features,
+        class_names,
+    )
+    return Detector(run_dir, model, preprocessor, list(class_names), config, version)
+
+
+def _load_preprocessor(directory: Path) -> Preprocessor:
+    """Load the fitted preprocessor, turning its errors into :class:`RunDirError`."""
+    from metals.common.data.errors import DataError
+
+    try:
+        return Preprocessor.load(directory)
+    except DataError as error:
+        raise RunDirError(f"{directory}: cannot load the fitted preprocessor: {error}") from None
+
+
+def _load_model(
+    run_dir: Path, config: Mapping[str, Any], num_features: int, num_classes: int
+) -> MLP:
+    """Rebuild the MLP from the run config and load ``model.pt`` into it."""
+    path = run_dir / MODEL_FILE
+    if not path.is_file():
+        raise RunDirError(f"{path} not found; the run has not finished or the folder is damaged")
+    try:
+        hidden = parse_hidden_layers(str(config.get("hidden-layers", "")))
+    except ValueError:
+        raise RunDirError(
+            f"{run_dir / CONFIG_FILE}: invalid 'hidden-layers' "
+            f"{config.get('hidden-layers')!r}; expected widths such as '90,90'"
+        ) from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError) as error:
+        raise RunDirError(f"{path}: cannot read the weights ({error})") from None
+
+    model = MLP(num_features, num_classes, hidden)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise RunDirError(
+            f"{path}: weights do not fit an MLP with {num_features} inputs, hidden layers "
+            f"{list(hidden)} and {num_classes} classes ({error})"
+        ) from None
+    model.eval()
+    return model
+
+
+@dataclass
+class ChunkPrediction:
+    """Predictions for one chunk of a traffic file.
+
+    Parameters
+    ----------
+    lines : numpy.ndarray
+        int64 (n,): 1-based line number of each predicted record.
+    predicted : numpy.ndarray
+        int64 (n,): class index into ``Detector.class_names``.
+    probability : numpy.ndarray
+        float32 (n,): probability of the predicted class.
+    true : numpy.ndarray or None
+        int64 (n,): class index of the file's own label, when the file has one.
+    bad : list[BadRecord]
+        Records of the chunk that could not be read, with line numbers.
+    """
+
+    lines: np.ndarray
+    predicted: np.ndarray
+    probability: np.ndarray
+    true: np.ndarray | None
+    bad: list[BadRecord]
+
+
+def detect_chunks(
+    detector: Detector, path: str | Path, *, chunk_size: int = 100_000
+) -> Iterator[ChunkPrediction]:
+    """Predict every readable record of a traffic file, one chunk at a time.
+
+    Parameters
+    ----------
+    detector : Detector
+        Loaded run directory.
+    path : str or pathlib.Path
+        Traffic CSV in the layout of the dataset the model was trained on.
+    chunk_size : int, default=100000
+        Lines per chunk; peak memory grows with it, not with the file.
+
+    Yields
+    ------
+    ChunkPrediction
+        Predicted class and probability per record, with line numbers.
+
+    Raises
+    ------
+    metals.common.traffic.TrafficFileError
+        When the file is missing, empty, or has unknown or missing columns.
+    """
+    columns = inspect_columns(path, detector.layout)
+    label = detector.layout.label
+    has_label = bool(label) and label in columns.read
+    for chunk in iter_traffic_chunks(path, detector.layout, chunk_size=chunk_size, columns=columns):
+        frame = chunk.frame
+        x = detector.features(frame)
+        probabilities = detector.predict_proba(x)
+        predicted = probabilities.argmax(axis=1)
+        true = _true_classes(detector, frame[label]) if has_label else None
+        yield ChunkPrediction(
+            lines=chunk.lines,
+            predicted=predicted.astype(np.int64),
+            probability=probabilities[np.arange(len(predicted)), predicted],
+            true=true,
+            bad=chunk.bad,
+        )
+
+
+def _true_classes(detector: Detector, labels: pd.Series) -> np.ndarray | None:
+    """Map the file's own labels to class indices, or None when a label has no class."""
+    from metals.common.data.errors import DataError
+
+    try:
+        return detector.preprocessor.encode_labels(labels)
+    except DataError as error:
+        logger.warning("the file's labels cannot be scored against the model: %s", error)
+        return None
