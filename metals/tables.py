@@ -99,17 +99,21 @@ def read_json(run_dir: str | Path, name: str) -> dict[str, Any]:
     return content
 
 
-def describe_run(run_config: Mapping[str, Any]) -> str:
-    """Return a short label such as ``FedProx(0.5), margin`` for a run config."""
+def describe_run(run_config: Mapping[str, Any], training: str | None = None) -> str:
+    """Return a short label such as ``FedProx(0.5), margin`` for a run config.
+
+    ``training`` is the ``training`` entry of ``summary.json``; ``"centralized"``
+    marks a run of ``metals centralized``.
+    """
+    if training == "centralized":
+        return "centralized (every label)"
+
     strategy = str(run_config.get("strategy", "fedavg"))
     aggregator = "FedAvg"
     if strategy == "fedprox":
         aggregator = f"FedProx({float(run_config.get('proximal-mu', 0.0)):g})"
 
-    mode = str(run_config.get("mode", "metals"))
-    if mode == "centralized":
-        return "centralized (every label)"
-    if mode == "classical":
+    if str(run_config.get("mode", "metals")) == "classical":
         return f"{aggregator}, classical FL"
     return f"{aggregator}, {run_config.get('al-strategy', '?')}"
 
@@ -134,8 +138,12 @@ class RunRow:
 def load_run_row(run_dir: str | Path) -> RunRow:
     """Build the table row of a run directory from ``metrics.csv`` and ``config.json``."""
     rows = read_metrics_csv(run_dir)
-    config_path = Path(run_dir) / CONFIG_FILE
-    label = describe_run(read_json(run_dir, CONFIG_FILE)) if config_path.is_file() else "run"
+    training = None
+    if (Path(run_dir) / SUMMARY_FILE).is_file():
+        training = read_json(run_dir, SUMMARY_FILE).get("training")
+    label = "run"
+    if (Path(run_dir) / CONFIG_FILE).is_file():
+        label = describe_run(read_json(run_dir, CONFIG_FILE), training)
     return RunRow(label=label, first=rows[0], last=rows[-1])
 
 
@@ -173,7 +181,7 @@ def format_results_table(runs: Sequence[str | Path | RunRow]) -> str:
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         labels = row.last["labels_queried_total"]
-        bought = "" if math.isnan(labels) else f" ({int(labels):,} bought)"
+        count = "" if math.isnan(labels) else f" ({int(labels):,})"
         lines.append(
             f"| {row.label} "
             f"| {_score(row.first['best_client_accuracy'])} "
@@ -183,14 +191,14 @@ def format_results_table(runs: Sequence[str | Path | RunRow]) -> str:
             f"| {_score(row.last['worst_client_accuracy'])} "
             f"| {_score(row.last['accuracy'])} "
             f"| {_score(row.last['macro_f1'])} "
-            f"| {row.last['labeled_fraction']:.1%}{bought} |"
+            f"| {row.last['labeled_fraction']:.1%}{count} |"
         )
     lines += [
         "",
         "B: best client accuracy, W: worst client accuracy, G: global model accuracy on "
         "the global test set. Macro-F1 is the global model's at the last round. Labels "
-        "used: share of training rows labeled at the end (labels bought from the oracle "
-        "in brackets).",
+        "used: share of the clients' training rows labeled at the end, with the number "
+        "of labeled rows in brackets.",
     ]
     return "\n".join(lines)
 

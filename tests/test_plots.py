@@ -74,7 +74,7 @@ def test_table_first_and_last_round(tmp_path):
     assert row.startswith("| FedAvg, margin |")
     assert "| 0.8100 | 0.6100 | 0.7200 |" in row
     assert "| 0.8300 | 0.6300 | 0.7600 | 0.5900 |" in row
-    assert "50.0% (300 bought)" in row
+    assert "50.0% (300)" in row
     assert (run_dir / RESULTS_FILE).read_text().strip() == table
 
 
@@ -113,12 +113,16 @@ def test_table_without_client_accuracy(tmp_path):
             {"strategy": "fedprox", "proximal-mu": 0.8, "al-strategy": "random"},
             "FedProx(0.8), random",
         ),
-        ({"mode": "centralized"}, "centralized (every label)"),
     ],
 )
 def test_describe_run_labels(config, expected):
     # Assert
     assert describe_run(config) == expected
+
+
+def test_describe_centralized_run():
+    # Assert
+    assert describe_run({"mode": "metals"}, "centralized") == "centralized (every label)"
 
 
 def test_metrics_missing_file_named(tmp_path):
