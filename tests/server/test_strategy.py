@@ -1,0 +1,156 @@
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+
+from metals.server.strategy import (
+    REQUIRED_TRAIN_METRICS,
+    MetalsFedAvg,
+    MetalsFedProx,
+    RoundFailedError,
+    build_strategy,
+    reply_problem,
+)
+
+REFERENCE = ArrayRecord({"w": Array(np.zeros((2, 3), np.float32)), "b": Array(np.zeros(2, np.float32))})
+
+
+class _Grid:
+    """Grid stand-in that only lists node ids: sampling needs nothing else."""
+
+    def __init__(self, node_ids):
+        self.node_ids = node_ids
+
+    def get_node_ids(self):
+        return self.node_ids
+
+
+@pytest.fixture(autouse=True)
+def _identity(flower_identity):
+    return None
+
+
+def _metrics(num_examples: int = 10) -> MetricRecord:
+    values = {key: 1.0 for key in REQUIRED_TRAIN_METRICS}
+    values["num-examples"] = num_examples
+    return MetricRecord(values)
+
+
+def _reply(node_id: int, value: float = 1.0, w_shape=(2, 3), num_examples: int = 10) -> Message:
+    request = Message(RecordDict(), dst_node_id=node_id, message_type="train")
+    arrays = ArrayRecord(
+        {"w": Array(np.full(w_shape, value, np.float32)), "b": Array(np.full(2, value, np.float32))}
+    )
+    return Message(RecordDict({"arrays": arrays, "metrics": _metrics(num_examples)}), reply_to=request)
+
+
+def _error_reply(node_id: int) -> Message:
+    request = Message(RecordDict(), dst_node_id=node_id, message_type="train")
+    return Message(Error(code=0, reason="client crashed"), reply_to=request)
+
+
+def _strategy(min_valid_fraction: float = 0.5) -> MetalsFedAvg:
+    return MetalsFedAvg(
+        fraction_train=1.0,
+        fraction_evaluate=0.0,
+        min_train_nodes=1,
+        min_available_nodes=1,
+        reference_arrays=REFERENCE,
+        min_valid_fraction=min_valid_fraction,
+    )
+
+
+def test_valid_reply_has_no_problem():
+    assert reply_problem(_reply(1), REFERENCE) is None
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (_error_reply, "client crashed"),
+        (lambda node: _reply(node, value=np.nan), "NaN or Inf"),
+        (lambda node: _reply(node, value=np.inf), "NaN or Inf"),
+        (lambda node: _reply(node, w_shape=(3, 3)), "shape (3, 3), expected (2, 3)"),
+        (lambda node: _reply(node, num_examples=0), "num-examples"),
+    ],
+    ids=["error", "nan", "inf", "shape", "no-examples"],
+)
+def test_bad_reply_problem_named(reply, expected, flower_identity):
+    problem = reply_problem(reply(3), REFERENCE)
+
+    assert problem is not None
+    assert expected in problem
+
+
+def test_aggregate_leaves_out_bad_replies_and_logs_node(caplog):
+    # Prepare
+    strategy = _strategy()
+    strategy.configure_train(1, REFERENCE, ConfigRecord(), _Grid([1, 2, 3, 4]))
+    replies = [_reply(1, 1.0), _reply(2, 3.0), _reply(3, np.nan), _error_reply(4)]
+
+    # Execute
+    arrays, _ = strategy.aggregate_train(1, replies)
+
+    # Assert
+    assert np.allclose(arrays["w"].numpy(), 2.0)
+    assert sorted(strategy.client_metrics) == [1, 2]
+    assert "node 3" in caplog.text
+    assert "node 4" in caplog.text
+
+
+def test_aggregate_logs_missing_reply_as_timeout(caplog):
+    strategy = _strategy(min_valid_fraction=0.5)
+    strategy.configure_train(1, REFERENCE, ConfigRecord(), _Grid([1, 2]))
+
+    strategy.aggregate_train(1, [_reply(1)])
+
+    assert "node 2 sent no reply" in caplog.text
+
+
+def test_aggregate_fails_round_with_too_few_valid():
+    strategy = _strategy(min_valid_fraction=0.75)
+    strategy.configure_train(1, REFERENCE, ConfigRecord(), _Grid([1, 2, 3, 4]))
+
+    with pytest.raises(RoundFailedError, match="2 valid replies from 4 sampled clients, 3 needed"):
+        strategy.aggregate_train(1, [_reply(1), _reply(2), _reply(3, np.nan)])
+
+
+def test_aggregate_fails_round_with_no_reply():
+    strategy = _strategy(min_valid_fraction=0.0)
+    strategy.configure_train(1, REFERENCE, ConfigRecord(), _Grid([1, 2]))
+
+    with pytest.raises(RoundFailedError, match="0 valid replies"):
+        strategy.aggregate_train(1, [])
+
+
+def test_configure_train_samples_fraction():
+    strategy = MetalsFedAvg(
+        fraction_train=0.2,
+        fraction_evaluate=0.0,
+        min_train_nodes=1,
+        min_available_nodes=10,
+        reference_arrays=REFERENCE,
+        min_valid_fraction=0.5,
+    )
+
+    messages = list(strategy.configure_train(1, REFERENCE, ConfigRecord(), _Grid(list(range(10)))))
+
+    assert len(messages) == 2
+    assert strategy.sampled_nodes == [m.metadata.dst_node_id for m in messages]
+
+
+def test_build_strategy_fedprox_sends_mu():
+    config = {
+        "num-clients": 2,
+        "min-available-nodes": 0,
+        "fraction-train": 1.0,
+        "fraction-evaluate": 0.0,
+        "min-valid-fraction": 0.5,
+        "strategy": "fedprox",
+        "proximal-mu": 0.3,
+    }
+    strategy = build_strategy(config, REFERENCE)
+
+    messages = list(strategy.configure_train(1, REFERENCE, ConfigRecord(), _Grid([5, 6])))
+
+    assert isinstance(strategy, MetalsFedProx)
+    assert messages[0].content["config"]["proximal-mu"] == 0.3
