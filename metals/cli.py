@@ -10,6 +10,7 @@ code can still run the client-side subcommands.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,6 +84,16 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "export",
         "export a trained model as TorchScript or ONNX and check it against PyTorch",
         "metals.detect:export_command",
+    ),
+    Subcommand(
+        "deploy",
+        "run an experiment on a local SuperLink and SuperNodes (OS processes, loopback)",
+        "metals.deploy:deploy_main",
+    ),
+    Subcommand(
+        "client",
+        "start a SuperNode for this device with its own traffic file",
+        "metals.device:client_main",
     ),
 )
 
@@ -175,8 +186,6 @@ def data_command(argv: list[str]) -> int:
     if _wants_help(argv):
         sys.stdout.write("usage: metals data [OVERRIDES ...]\n\n" + OVERRIDES_HELP)
         return 0
-
-    import logging
 
     from metals.config import ConfigError, compose_run_config
 
@@ -343,10 +352,18 @@ def run_with_hydra(
     return 0
 
 
-def _route_console_logs(verbose: bool) -> None:
-    """Keep INFO logs in Hydra's log file and, unless ``verbose``, off the console."""
-    import logging
+def _is_framework_chatter(record: logging.LogRecord) -> bool:
+    """Return True for a Flower or Ray log record below ERROR."""
+    framework = record.name.split(".")[0] in ("flwr", "ray")
+    return framework and record.levelno < logging.ERROR
 
+
+def _route_console_logs(verbose: bool) -> None:
+    """Keep every log record in Hydra's log file and, unless ``verbose``, off the console.
+
+    Without ``verbose`` the console shows this project's warnings and errors
+    and Flower's and Ray's errors only.
+    """
     if verbose:
         return
     for handler in logging.getLogger().handlers:
@@ -354,6 +371,7 @@ def _route_console_logs(verbose: bool) -> None:
             handler, logging.FileHandler
         ):
             handler.setLevel(logging.WARNING)
+            handler.addFilter(lambda record: not _is_framework_chatter(record))
 
 
 def _report_run(run_dir: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Protocol, TextIO
 
 
@@ -20,28 +21,35 @@ class RoundReport(Protocol):
     elapsed_seconds: float
 
 
-def format_round(report: RoundReport) -> str:
+def format_round(report: RoundReport, total_seconds: float | None = None) -> str:
     """Return the one-line summary of a finished round.
 
     Example: ``round  3/10 | clients 5/5 | labels 1,234 (24.1%) | accuracy 0.8123
-    | macro-F1 0.6541 | 12.3 s``. ``clients`` shows valid replies out of
-    sampled clients, ``labels`` the labels bought from the oracle so far and
-    the share of all training rows now labeled, and the time is the wall time
-    since the run started, in seconds.
+    | macro-F1 0.6541 | round 0.3 s | total 12.3 s``. ``clients`` shows valid
+    replies out of sampled clients, and ``labels`` the labels of the reporting
+    clients so far with the labeled share of their pools. ``round`` is the
+    round's own wall time in seconds (``report.elapsed_seconds``) and
+    ``total`` the wall time since the run started, when given.
     """
     digits = len(str(report.num_rounds))
-    return (
+    line = (
         f"round {report.round:>{digits}}/{report.num_rounds}"
         f" | clients {report.valid_replies}/{report.sampled_clients}"
         f" | labels {report.labels_queried_total:,} ({report.labeled_fraction:.1%})"
         f" | accuracy {report.accuracy:.4f}"
         f" | macro-F1 {report.macro_f1:.4f}"
-        f" | {report.elapsed_seconds:.1f} s"
+        f" | round {report.elapsed_seconds:.1f} s"
     )
+    if total_seconds is not None:
+        line += f" | total {total_seconds:.1f} s"
+    return line
 
 
 class ProgressPrinter:
     """Print :func:`format_round` for each round as it finishes.
+
+    The total time counts from the creation of the printer, so create it just
+    before the run starts.
 
     Parameters
     ----------
@@ -52,9 +60,10 @@ class ProgressPrinter:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
+        self.started = time.monotonic()
 
     def __call__(self, report: RoundReport) -> None:
         """Write the line for ``report`` and flush it."""
         stream = self.stream or sys.stdout
-        stream.write(format_round(report) + "\n")
+        stream.write(format_round(report, time.monotonic() - self.started) + "\n")
         stream.flush()

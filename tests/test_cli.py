@@ -164,3 +164,33 @@ def test_console_script_help():
     # Assert
     assert result.returncode == 0
     assert "commands:" in result.stdout
+
+
+def test_progress_line_fields():
+    # Prepare
+    from metals.server.results import RoundProgress
+
+    from metals.progress import ProgressPrinter
+
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream)
+    report = RoundProgress(
+        round=3,
+        num_rounds=10,
+        sampled_clients=5,
+        valid_replies=4,
+        labels_queried_total=1234,
+        labeled_fraction=0.241,
+        accuracy=0.81234,
+        macro_f1=0.65412,
+        elapsed_seconds=0.25,
+    )
+
+    # Execute
+    printer(report)
+
+    # Assert
+    line = stream.getvalue()
+    assert line.startswith("round  3/10 | clients 4/5 | labels 1,234 (24.1%)")
+    assert "| accuracy 0.8123 | macro-F1 0.6541 | round 0.2 s | total " in line
+    assert line.endswith(" s\n")
