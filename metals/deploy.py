@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +46,14 @@ FLOWER_OFFLINE_ENV = {
 }
 
 STOP_TIMEOUT_SECONDS = 10.0
-_FAILURES_LINE = re.compile(
-    r"aggregate_(train|evaluate): Received (\d+) results and (\d+) failures"
-)
-_ROUND_LINE = re.compile(r"\[ROUND (\d+)/(\d+)\]")
+# Lines that Flower's FedAvg logs in the ServerApp process (flwr 1.42).
+_SAMPLED_LINE = re.compile(r"configure_train: Sampled (\d+) nodes")
+_RECEIVED_LINE = re.compile(r"aggregate_train: Received (\d+) results")
 
-ProgressCallback = Callable[[dict[str, float]], None]
+if TYPE_CHECKING:
+    from metals.server.results import RoundProgress
+
+ProgressCallback = Callable[["RoundProgress"], None]
 
 
 class DeployError(RuntimeError):
@@ -367,8 +369,11 @@ class Deployment:
     superlink: ManagedProcess | None = field(default=None, init=False)
     supernodes: list[ManagedProcess] = field(default_factory=list, init=False)
     submitter: ManagedProcess | None = field(default=None, init=False)
-    failed_replies: int = field(default=0, init=False)
+    missing_replies: int = field(default=0, init=False)
     _lost: set[str] = field(default_factory=set, init=False)
+    _sampled: int = field(default=0, init=False)
+    _round_counts: list[tuple[int, int]] = field(default_factory=list, init=False)
+    _rows_at_start: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         num_clients = int(self.run_config["num-clients"])
@@ -529,7 +534,12 @@ class Deployment:
             raise DeployError(f"every SuperNode exited; logs in {self.log_dir}")
 
     def _scan_stream(self, offset: int) -> int:
-        """Log failed replies in the ``flwr run`` stream after ``offset``; return the new offset."""
+        """Read the ``flwr run`` stream after ``offset``; return the new offset.
+
+        Flower's strategy logs how many nodes it sampled and how many results
+        it aggregated. A round that aggregates fewer results than it sampled
+        lost SuperNodes or got invalid replies, and is logged as a warning.
+        """
         assert self.submitter is not None
         path = self.submitter.log_path
         if not path.is_file():
@@ -538,24 +548,28 @@ class Deployment:
             handle.seek(offset)
             chunk = handle.read()
         end = chunk.rfind(b"\n") + 1
-        for raw_line in chunk[:end].decode("utf-8", errors="replace").splitlines():
+        for line in chunk[:end].decode("utf-8", errors="replace").splitlines():
             if self.verbose:
-                print(raw_line, file=sys.stderr)
-            round_match = _ROUND_LINE.search(raw_line)
-            if round_match:
-                self._current_round = int(round_match.group(1))
-            failures = _FAILURES_LINE.search(raw_line)
-            if failures and int(failures.group(3)) > 0:
-                self.failed_replies += int(failures.group(3))
-                logger.warning(
-                    "round %s: %s of %d %s replies failed (lost or failed SuperNodes); "
-                    "aggregating the %s that arrived",
-                    getattr(self, "_current_round", "?"),
-                    failures.group(3),
-                    int(failures.group(2)) + int(failures.group(3)),
-                    failures.group(1),
-                    failures.group(2),
-                )
+                print(line, file=sys.stderr)
+            sampled = _SAMPLED_LINE.search(line)
+            if sampled:
+                self._sampled = int(sampled.group(1))
+                continue
+            received = _RECEIVED_LINE.search(line)
+            if received:
+                count = int(received.group(1))
+                self._round_counts.append((self._sampled, count))
+                missing = self._sampled - count
+                if missing > 0:
+                    self.missing_replies += missing
+                    logger.warning(
+                        "round %d: %d of %d sampled SuperNodes sent no valid reply (lost, "
+                        "failed or too slow); the round aggregates the other %d",
+                        self._rows_at_start + len(self._round_counts),
+                        missing,
+                        self._sampled,
+                        count,
+                    )
         return offset + end
 
     def wait(
@@ -568,8 +582,8 @@ class Deployment:
 
         Parameters
         ----------
-        progress : Callable[[dict[str, float]], None] | None, default=None
-            Called once per new ``metrics.csv`` row with its values as floats.
+        progress : Callable[[RoundProgress], None] | None, default=None
+            Called once per round that the ServerApp appends to ``metrics.csv``.
         timeout : float | None, default=None
             Seconds to wait before giving up; None waits as long as it takes.
         poll_seconds : float, default=0.5
@@ -589,12 +603,14 @@ class Deployment:
         if self.submitter is None or self.superlink is None:
             raise DeployError("submit() must run before wait()")
         deadline = None if timeout is None else time.monotonic() + timeout
-        rows_seen = 0
+        # A resumed run already has rows; only the rounds of this session are reported.
+        self._rows_at_start = len(read_complete_rows(self.run_dir / "metrics.csv"))
+        rows_seen = self._rows_at_start
         stream_offset = 0
 
         while True:
             stream_offset = self._scan_stream(stream_offset)
-            rows_seen = _report_new_rows(self.run_dir / "metrics.csv", rows_seen, progress)
+            rows_seen = self._report_new_rows(rows_seen, progress)
             code = self.submitter.exit_code()
             if code is not None:
                 break
@@ -612,7 +628,7 @@ class Deployment:
             time.sleep(poll_seconds)
 
         self._scan_stream(stream_offset)
-        _report_new_rows(self.run_dir / "metrics.csv", rows_seen, progress)
+        self._report_new_rows(rows_seen, progress, final=True)
         if code != 0:
             raise DeployError(
                 f"flwr run exited with code {code}; last lines of "
@@ -625,6 +641,42 @@ class Deployment:
                 f"{self.submitter.log_tail()}"
             )
         return self.run_dir
+
+    def _report_new_rows(
+        self, rows_seen: int, progress: ProgressCallback | None, *, final: bool = False
+    ) -> int:
+        """Call ``progress`` for ``metrics.csv`` rows after the first ``rows_seen``.
+
+        A row waits until the stream has shown that round's sampled and
+        aggregated counts, unless ``final`` is set (the run has ended); its
+        counts are then -1 when the stream never showed them.
+        """
+        rows = read_complete_rows(self.run_dir / "metrics.csv")
+        while rows_seen < len(rows):
+            index = rows_seen - self._rows_at_start
+            known = 0 <= index < len(self._round_counts)
+            if not known and not final:
+                break
+            sampled, received = self._round_counts[index] if known else (-1, -1)
+            row = rows[rows_seen]
+            if progress is not None:
+                from metals.server.results import RoundProgress
+
+                progress(
+                    RoundProgress(
+                        round=int(row["round"]),
+                        num_rounds=int(self.run_config["num-rounds"]),
+                        sampled_clients=sampled,
+                        valid_replies=received,
+                        labels_queried_total=int(row["labels_queried_total"]),
+                        labeled_fraction=row["labeled_fraction"],
+                        accuracy=row["accuracy"],
+                        macro_f1=row["macro_f1"],
+                        elapsed_seconds=row["round_seconds"],
+                    )
+                )
+            rows_seen += 1
+        return rows_seen
 
     def stop(self) -> None:
         """Stop ``flwr run``, the SuperNodes and the SuperLink, in that order."""
@@ -639,24 +691,21 @@ class Deployment:
         logger.info("Stopped all deployment processes; logs in %s", self.log_dir)
 
 
-def _report_new_rows(path: Path, rows_seen: int, progress: ProgressCallback | None) -> int:
-    """Call ``progress`` for rows of ``metrics.csv`` after the first ``rows_seen``."""
+def read_complete_rows(path: Path) -> list[dict[str, float]]:
+    """Return the rows of ``metrics.csv`` that are completely written, values as floats."""
     if not path.is_file():
-        return rows_seen
-    with path.open(newline="", encoding="utf-8") as handle:
-        text = handle.read()
-    # The last line may be half written; only complete lines count.
+        return []
+    text = path.read_text(encoding="utf-8")
+    # The ServerApp may be writing the file right now; only complete lines count.
     complete = text[: text.rfind("\n") + 1]
-    rows = list(csv.DictReader(complete.splitlines()))
-    for row in rows[rows_seen:]:
-        values = {key: _to_float(value) for key, value in row.items() if key}
-        if progress is not None:
-            progress(values)
-    return max(rows_seen, len(rows))
+    return [
+        {key: _to_float(value) for key, value in row.items() if key}
+        for row in csv.DictReader(complete.splitlines())
+    ]
 
 
 def _to_float(text: str | None) -> float:
-    """Parse a metrics.csv cell; empty cells become NaN."""
+    """Parse a metrics.csv cell; empty or invalid cells become NaN."""
     try:
         return float(text) if text not in (None, "") else float("nan")
     except ValueError:
@@ -680,8 +729,8 @@ def run_deployment(
         Flat run config; validated here with ``validate_run_config``.
     tls, certs_dir, verbose
         See ``Deployment``.
-    progress : Callable[[dict[str, float]], None] | None, default=None
-        Called once per finished round with its ``metrics.csv`` row.
+    progress : Callable[[RoundProgress], None] | None, default=None
+        Called once per finished round, as ``metals run`` does.
     timeout : float | None, default=None
         Seconds before the run is abandoned.
 
@@ -721,87 +770,105 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _print_round(row: dict[str, float]) -> None:
-    """Print one progress line for a finished round."""
-    nan = float("nan")
-    print(
-        f"round {row.get('round', nan):.0f}: accuracy {row.get('accuracy', nan):.4f}"
-        f"  macro-F1 {row.get('macro_f1', nan):.4f}"
-        f"  labels {row.get('labels_queried_total', nan):.0f}"
-        f"  {row.get('round_seconds', nan):.1f} s",
-        flush=True,
-    )
+DEPLOY_HELP = """\
+usage: metals deploy [--tls] [--certs DIR] [--timeout SECONDS] [OVERRIDES ...]
+
+Run an experiment on a Flower SuperLink and one SuperNode per client, each an
+OS process on this machine, talking over loopback. Takes the same Hydra
+overrides as 'metals run' (num_clients=3 sets the number of SuperNodes,
+hydra.run.dir=PATH the run directory) and writes the same run directory, with
+one log per process in deploy/logs/.
+
+options:
+  --tls              serve the SuperLink with TLS; SuperNodes verify it with the CA
+  --certs DIR        folder with ca.crt, server.pem and server.key
+                     (python -m metals.tls DIR); default: fresh ones in deploy/tls
+  --timeout SECONDS  abandon the run (and stop every process) after this long
+"""
 
 
-def compose_run_config(overrides: Sequence[str]) -> dict[str, Any]:
-    """Turn ``key=value`` overrides into a validated flat run config.
+def _split_deploy_options(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Separate the options of ``metals deploy`` from the Hydra overrides.
 
-    Hydra overrides go through ``metals.config`` when it is installed; plain
-    run-config keys (``num-clients=3``) are accepted without it.
+    Raises
+    ------
+    ValueError
+        When an option lacks its value or the value is invalid.
     """
-    from metals.common.runconfig import validate_run_config
-
-    try:
-        from metals import config as hydra_config
-    except ImportError:
-        hydra_config = None
-    if hydra_config is not None and hasattr(hydra_config, "compose_run_config"):
-        return dict(hydra_config.compose_run_config(list(overrides)))
-
-    pairs: dict[str, str] = {}
-    for item in overrides:
-        key, separator, value = item.partition("=")
-        if not separator:
-            raise ValueError(f"invalid override {item!r}: expected key=value")
-        pairs[key.replace("_", "-")] = value
-    return validate_run_config(pairs)
+    options = argparse.Namespace(tls=False, certs=None, timeout=None)
+    rest: list[str] = []
+    index = 0
+    arguments = list(argv)
+    # Only the three options are parsed here; everything else (including
+    # Hydra's -m and --cfg) passes through in its original order.
+    while index < len(arguments):
+        argument = arguments[index]
+        name = argument.split("=", 1)[0]
+        if name == "--tls":
+            options.tls = True
+        elif name in ("--certs", "--timeout"):
+            if "=" in argument:
+                value = argument.split("=", 1)[1]
+            elif index + 1 < len(arguments):
+                index += 1
+                value = arguments[index]
+            else:
+                raise ValueError(f"option {name} needs a value")
+            if name == "--certs":
+                options.certs = Path(value)
+            else:
+                try:
+                    options.timeout = float(value)
+                except ValueError:
+                    raise ValueError(
+                        f"invalid value {value!r} for --timeout: expected seconds"
+                    ) from None
+                if options.timeout <= 0:
+                    raise ValueError(f"invalid value {value!r} for --timeout: must be > 0")
+        else:
+            rest.append(argument)
+        index += 1
+    return options, rest
 
 
 def deploy_main(argv: list[str]) -> int:
-    """Run ``metals deploy [options] [overrides]``; return the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="metals deploy",
-        description=(
-            "Run an experiment on a Flower SuperLink and one SuperNode per client, "
-            "each an OS process on this machine (loopback)."
-        ),
-    )
-    parser.add_argument("--tls", action="store_true", help="serve the SuperLink with TLS")
-    parser.add_argument(
-        "--certs",
-        type=Path,
-        default=None,
-        help="folder with ca.crt, server.pem, server.key (default: fresh self-signed ones)",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=None, help="seconds before the run is abandoned"
-    )
-    parser.add_argument("--verbose", action="store_true", help="echo the Flower log stream")
-    parser.add_argument("overrides", nargs="*", help="config overrides such as num_clients=3")
-    args = parser.parse_args(argv)
+    """Run ``metals deploy [options] [overrides]``; return the exit code.
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    Returns
+    -------
+    int
+        0 when every run finished, 1 when a run failed, 2 for invalid
+        arguments or values, 130 when interrupted.
+    """
+    if any(argument in ("-h", "--help") for argument in argv):
+        sys.stdout.write(DEPLOY_HELP)
+        return 0
     try:
-        run_config = compose_run_config(args.overrides)
+        options, overrides = _split_deploy_options(argv)
     except ValueError as error:
-        print(f"metals deploy: {error}", file=sys.stderr)
+        sys.stderr.write(f"metals deploy: {error}\n")
         return 2
+
+    from metals.cli import run_with_hydra
+
+    def execute(run_config: Mapping[str, Any], verbose: bool) -> Path:
+        from metals.progress import ProgressPrinter
+
+        return run_deployment(
+            run_config,
+            tls=options.tls,
+            certs_dir=options.certs,
+            progress=ProgressPrinter(),
+            verbose=verbose,
+            timeout=options.timeout,
+        )
 
     try:
         with _sigterm_as_interrupt():
-            run_dir = run_deployment(
-                run_config,
-                tls=args.tls,
-                certs_dir=args.certs,
-                progress=_print_round,
-                verbose=args.verbose,
-                timeout=args.timeout,
-            )
+            return run_with_hydra(overrides, "deploy", execute)
     except KeyboardInterrupt:
-        print("metals deploy: interrupted; all processes stopped", file=sys.stderr)
+        sys.stderr.write("metals deploy: interrupted; every process it started is stopped\n")
         return 130
     except (DeployError, FileNotFoundError) as error:
-        print(f"metals deploy: {error}", file=sys.stderr)
+        sys.stderr.write(f"metals deploy: {error}\n")
         return 1
-    print(f"run directory: {run_dir}")
-    return 0
