@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from metals.common.traffic import (
+    TrafficFileError,
+    TrafficLayout,
+    inspect_columns,
+    iter_traffic_chunks,
+)
+
+LAYOUT = TrafficLayout(
+    features=("speed", "state"),
+    numeric=frozenset({"speed"}),
+    optional=("label",),
+    ignored=("ts",),
+    headerless=(("speed", "state"), ("speed", "state", "label")),
+    label="label",
+)
+
+
+def read_all(path: Path, chunk_size: int = 100_000):
+    chunks = list(iter_traffic_chunks(path, LAYOUT, chunk_size=chunk_size))
+    lines = np.concatenate([chunk.lines for chunk in chunks]).tolist()
+    bad = [(record.line, record.reason) for chunk in chunks for record in chunk.bad]
+    return chunks, lines, bad
+
+
+def test_bom_header_and_spaces(tmp_path: Path):
+    # Prepare
+    path = tmp_path / "device.csv"
+    path.write_text("\ufeffts,speed,state,label\n1, 3.5 , on,normal\n2,4, off ,ddos\n")
+
+    # Execute
+    chunks, lines, bad = read_all(path)
+
+    # Assert
+    frame = chunks[0].frame
+    assert list(frame.columns) == ["speed", "state", "label"]
+    assert frame["speed"].tolist() == [3.5, 4.0]
+    assert frame["state"].tolist() == ["on", "off"]
+    assert lines == [2, 3]
+    assert bad == []
+
+
+def test_line_numbers_across_chunks(tmp_path: Path):
+    # Prepare
+    rows = [f"{index},s{index % 3}" for index in range(1, 101)]
+    rows[40] = "41"  # line 41: a field short
+    path = tmp_path / "plain.csv"
+    path.write_text("\n".join(rows) + "\n")
+
+    # Execute
+    chunks, lines, bad = read_all(path, chunk_size=7)
+
+    # Assert
+    speeds = np.concatenate([chunk.frame["speed"].to_numpy() for chunk in chunks])
+    assert len(chunks) == 15
+    assert bad == [(41, "wrong number of fields (expected 2)")]
+    assert lines == [n for n in range(1, 101) if n != 41]
+    assert speeds.tolist() == [float(n) for n in range(1, 101) if n != 41]
+
+
+def test_blank_lines_and_crlf(tmp_path: Path):
+    # Prepare
+    path = tmp_path / "crlf.csv"
+    path.write_bytes(b"1,a\r\n\r\n2,b\r\n\n3,c")
+
+    # Execute
+    chunks, lines, bad = read_all(path, chunk_size=2)
+
+    # Assert
+    states = [value for chunk in chunks for value in chunk.frame["state"]]
+    assert lines == [1, 3, 5]
+    assert states == ["a", "b", "c"]
+    assert bad == []
+
+
+def test_bad_values_reported(tmp_path: Path):
+    # Prepare
+    path = tmp_path / "values.csv"
+    path.write_text("speed,state\n1,a\nfast,b\n,c\ninf,d\n5,\n6,f\n")
+
+    # Execute
+    _, lines, bad = read_all(path)
+
+    # Assert
+    assert lines == [2, 7]
+    assert bad == [
+        (3, "invalid number 'fast' in column 'speed'"),
+        (4, "missing value in column 'speed'"),
+        (5, "infinite value in column 'speed'"),
+        (6, "missing value in column 'state'"),
+    ]
+
+
+def test_quoted_comma_kept(tmp_path: Path):
+    # Prepare
+    path = tmp_path / "quoted.csv"
+    path.write_text('speed,state\n1,"a,b"\n2,c\n')
+
+    # Execute
+    chunks, lines, bad = read_all(path)
+
+    # Assert
+    assert chunks[0].frame["state"].tolist() == ["a,b", "c"]
+    assert lines == [2, 3]
+    assert bad == []
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "the file is empty"),
+        ("\n1,a\n", "the file is empty or starts with a blank line"),
+        ("speed,colour\n1,red\n", r"columns the model never saw: \['colour'\]"),
+        ("speed,label\n1,x\n", r"missing columns the model needs: \['state'\]"),
+        ("speed,state,speed\n1,a,2\n", r"duplicate columns in the header: \['speed'\]"),
+        ("1,a,b,c\n", "line 1 has 4 fields and no header row"),
+    ],
+    ids=["empty", "blank-first-line", "unknown", "missing", "duplicate", "field-count"],
+)
+def test_bad_files_rejected(tmp_path: Path, content: str, message: str):
+    # Prepare
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+
+    # Execute / Assert
+    with pytest.raises(TrafficFileError, match=message):
+        inspect_columns(path, LAYOUT)
+
+
+def test_not_utf8_rejected(tmp_path: Path):
+    # Prepare
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("vitesse,état\n".encode("latin-1"))
+
+    # Execute / Assert
+    with pytest.raises(TrafficFileError, match="line 1 is not UTF-8"):
+        inspect_columns(path, LAYOUT)
+
+
+def test_headerless_layout_by_field_count(tmp_path: Path):
+    # Prepare
+    path = tmp_path / "labelled.csv"
+    path.write_text("1,a,normal\n")
+
+    # Execute
+    columns = inspect_columns(path, LAYOUT)
+
+    # Assert
+    assert columns.header_lines == 0
+    assert columns.names == ("speed", "state", "label")
+    assert columns.read == ("speed", "state", "label")
+
+
+def test_invalid_chunk_size_rejected(tmp_path: Path):
+    # Prepare
+    path = tmp_path / "one.csv"
+    path.write_text("1,a\n")
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="invalid chunk size 0"):
+        next(iter_traffic_chunks(path, LAYOUT, chunk_size=0))
