@@ -37,10 +37,12 @@ def train_centralized(
 ) -> Path:
     """Train the MLP on every training label in one process and write a run directory.
 
-    Each epoch is one call of the clients' ``train_local`` with all training
-    rows, so Adam's moment estimates restart every epoch as they do on a
-    client every round. After each epoch the model is scored on the global
-    test set (for NSL-KDD the official KDDTest+).
+    Every training label is known from the start, so no label is bought and
+    ``labels_queried_total`` stays 0. Each epoch is one call of the clients'
+    ``train_local`` with all training rows, so Adam's moment estimates
+    restart every epoch as they do on a client every round. After each epoch
+    the model is scored on the global test set (for NSL-KDD the official
+    KDDTest+).
 
     Parameters
     ----------
@@ -135,7 +137,7 @@ def train_centralized(
                 "macro_f1": report["macro_f1"],
                 "best_client_accuracy": float("nan"),
                 "worst_client_accuracy": float("nan"),
-                "labels_queried_total": len(prepared.y_train),
+                "labels_queried_total": 0,
                 "labeled_fraction": 1.0,
                 "round_seconds": time.monotonic() - epoch_started,
             }
@@ -154,7 +156,7 @@ def train_centralized(
                     num_rounds=epochs,
                     sampled_clients=1,
                     valid_replies=1,
-                    labels_queried_total=len(prepared.y_train),
+                    labels_queried_total=0,
                     labeled_fraction=1.0,
                     accuracy=report["accuracy"],
                     macro_f1=report["macro_f1"],
@@ -172,7 +174,7 @@ def train_centralized(
             "macro_f1": report["macro_f1"],
             "best_client_accuracy": None,
             "worst_client_accuracy": None,
-            "labels_queried_total": len(prepared.y_train),
+            "labels_queried_total": 0,
             "labeled_fraction": 1.0,
             "class_names": list(prepared.class_names),
             "precision": report["precision"],

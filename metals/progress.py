@@ -8,7 +8,7 @@ from typing import Protocol, TextIO
 
 
 class RoundReport(Protocol):
-    """The fields of ``metals.server.app.RoundProgress`` that the printer reads."""
+    """The fields of ``metals.server.results.RoundProgress`` that the printer reads."""
 
     round: int
     num_rounds: int
@@ -26,8 +26,8 @@ def format_round(report: RoundReport, total_seconds: float | None = None) -> str
 
     Example: ``round  3/10 | clients 5/5 | labels 1,234 (24.1%) | accuracy 0.8123
     | macro-F1 0.6541 | round 0.3 s | total 12.3 s``. ``clients`` shows valid
-    replies out of sampled clients, and ``labels`` the labels of the reporting
-    clients so far with the labeled share of their pools. ``round`` is the
+    replies out of sampled clients, and ``labels`` the labels bought from the
+    oracle so far with the labeled share of the reporting clients' pools. ``round`` is the
     round's own wall time in seconds (``report.elapsed_seconds``) and
     ``total`` the wall time since the run started, when given.
     """

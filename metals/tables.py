@@ -51,7 +51,7 @@ def read_metrics_csv(run_dir: str | Path) -> list[dict[str, float]]:
     Raises
     ------
     ResultsError
-        When the file is missing, has no rows, lacks a column or holds a
+        When the file is missing, has no rows, lacks a column or contains a
         value that is not a number.
     """
     path = Path(run_dir) / METRICS_FILE
@@ -181,7 +181,7 @@ def format_results_table(runs: Sequence[str | Path | RunRow]) -> str:
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         labels = row.last["labels_queried_total"]
-        count = "" if math.isnan(labels) else f" ({int(labels):,})"
+        bought = "" if math.isnan(labels) else f" ({int(labels):,} bought)"
         lines.append(
             f"| {row.label} "
             f"| {_score(row.first['best_client_accuracy'])} "
@@ -191,14 +191,14 @@ def format_results_table(runs: Sequence[str | Path | RunRow]) -> str:
             f"| {_score(row.last['worst_client_accuracy'])} "
             f"| {_score(row.last['accuracy'])} "
             f"| {_score(row.last['macro_f1'])} "
-            f"| {row.last['labeled_fraction']:.1%}{count} |"
+            f"| {row.last['labeled_fraction']:.1%}{bought} |"
         )
     lines += [
         "",
         "B: best client accuracy, W: worst client accuracy, G: global model accuracy on "
         "the global test set. Macro-F1 is the global model's at the last round. Labels "
-        "used: share of the clients' training rows labeled at the end, with the number "
-        "of labeled rows in brackets.",
+        "used: labeled share of the training pools of the clients that took part, with "
+        "the labels bought from the oracle in brackets.",
     ]
     return "\n".join(lines)
 

@@ -74,7 +74,7 @@ def test_table_first_and_last_round(tmp_path):
     assert row.startswith("| FedAvg, margin |")
     assert "| 0.8100 | 0.6100 | 0.7200 |" in row
     assert "| 0.8300 | 0.6300 | 0.7600 | 0.5900 |" in row
-    assert "50.0% (300)" in row
+    assert "50.0% (300 bought)" in row
     assert (run_dir / RESULTS_FILE).read_text().strip() == table
 
 
