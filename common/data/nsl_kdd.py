@@ -145,7 +145,7 @@ def read_nsl_kdd_file(path: Path, report: LoadReport) -> pd.DataFrame:
             handle.readline()
         first_record = handle.readline().strip()
     if not first_record:
-        raise DataError(f"{path}: the file holds no records; download or copy it again")
+        raise DataError(f"{path}: the file contains no records; download or copy it again")
     n_fields = len(first_record.split(","))
     if n_fields not in (len(FEATURES) + 1, len(FEATURES) + 2):
         raise DataError(

@@ -204,10 +204,8 @@ def make_client_partition(
     """Build the rows and pools of one client.
 
     The client's rows come from :func:`partition_indices` on the training
-    arrays. A seeded shuffle of them puts ``local_test_fraction`` into the
-    local test split; of the rest, ``labeled_fraction`` (at least one row
-    when the fraction is > 0) starts labeled and the others form the
-    unlabeled pool. The same arguments give the same result in every process.
+    arrays and are split into pools by :func:`split_client_pools`. The same
+    arguments give the same result in every process.
 
     Parameters
     ----------
@@ -257,19 +255,16 @@ def make_client_partition(
     x = np.asarray(prepared.x_train[rows], dtype=np.float32)
     y = np.asarray(prepared.y_train[rows], dtype=np.int64)
 
-    # A separate stream per client, so pools do not depend on the client count order.
-    rng = np.random.default_rng([seed, partition_id])
-    order = rng.permutation(len(rows)).astype(np.int64)
-    n_test = int(round(local_test_fraction * len(rows)))
-    n_test = min(n_test, len(rows) - 1)
-    test, rest = order[:n_test], order[n_test:]
-    n_labeled = int(round(labeled_fraction * len(rest)))
-    if labeled_fraction > 0:
-        n_labeled = max(n_labeled, 1)
-    labeled, unlabeled = rest[:n_labeled], rest[n_labeled:]
+    labeled, unlabeled, test = split_client_pools(
+        len(rows),
+        partition_id,
+        seed=seed,
+        labeled_fraction=labeled_fraction,
+        local_test_fraction=local_test_fraction,
+    )
     if len(labeled) and len(np.unique(y[labeled])) == 1 and len(np.unique(y)) > 1:
         logger.warning(
-            "client %s: the labeled pool holds one class only (%s rows)",
+            "client %s: the labeled pool contains one class only (%s rows)",
             partition_id,
             len(labeled),
         )
@@ -277,7 +272,50 @@ def make_client_partition(
         partition_id=partition_id,
         x=x,
         y=y,
-        labeled=np.sort(labeled),
-        unlabeled=np.sort(unlabeled),
-        test=np.sort(test),
+        labeled=labeled,
+        unlabeled=unlabeled,
+        test=test,
     )
+
+
+def split_client_pools(
+    n_rows: int,
+    partition_id: int,
+    *,
+    seed: int,
+    labeled_fraction: float,
+    local_test_fraction: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split a client's local row positions into labeled, unlabeled and test pools.
+
+    A seeded shuffle puts ``round(local_test_fraction * n_rows)`` rows (at
+    most ``n_rows - 1``) into the test split; of the rest,
+    ``round(labeled_fraction * n_rest)`` rows, at least one when the fraction
+    is > 0, start labeled.
+
+    Parameters
+    ----------
+    n_rows : int
+        Rows of the client.
+    partition_id : int
+        Client index; with ``seed`` it selects the random stream, so the pools
+        do not depend on the order in which clients are built.
+    seed : int
+        Seed of the run.
+    labeled_fraction, local_test_fraction : float
+        Shares as in :func:`make_client_partition`.
+
+    Returns
+    -------
+    labeled, unlabeled, test : numpy.ndarray
+        Sorted int64 local indices in [0, n_rows), disjoint and covering.
+    """
+    rng = np.random.default_rng([seed, partition_id])
+    order = rng.permutation(n_rows).astype(np.int64)
+    n_test = min(int(round(local_test_fraction * n_rows)), max(n_rows - 1, 0))
+    test, rest = order[:n_test], order[n_test:]
+    n_labeled = int(round(labeled_fraction * len(rest)))
+    if labeled_fraction > 0:
+        n_labeled = min(max(n_labeled, 1), len(rest))
+    labeled, unlabeled = rest[:n_labeled], rest[n_labeled:]
+    return np.sort(labeled), np.sort(unlabeled), np.sort(test)

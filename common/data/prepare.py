@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from metals.common.data import cache, nsl_kdd
+from metals.common.data import cache, edge_iiotset, nsl_kdd, ton_iot
 from metals.common.data.errors import DataError
 from metals.common.data.paths import default_cache_dir, resolve_data_dir
 from metals.common.data.preprocess import Preprocessor
@@ -36,6 +36,10 @@ def _registry() -> dict[str, DatasetSpec]:
     """Return the datasets known by name."""
     specs = {
         "nsl_kdd": DatasetSpec(nsl_kdd.input_files, nsl_kdd.load_nsl_kdd, nsl_kdd.label_mapping),
+        "edge_iiotset": DatasetSpec(
+            edge_iiotset.input_files, edge_iiotset.load_edge_iiotset, edge_iiotset.label_mapping
+        ),
+        "ton_iot": DatasetSpec(ton_iot.input_files, ton_iot.load_ton_iot, ton_iot.label_mapping),
     }
     return specs
 

@@ -57,7 +57,7 @@ def oversample_smote(
         raise DataError(f"invalid k_neighbors {k_neighbors!r}: must be >= 1")
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
-        logger.info("SMOTE skipped: the labeled pool holds %s class(es)", len(classes))
+        logger.info("SMOTE skipped: the labeled pool contains %s class(es)", len(classes))
         return x, y
 
     target = int(counts.max())

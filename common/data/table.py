@@ -206,6 +206,6 @@ def check_empty_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> 
     empty = [column for column in columns if frame[column].isna().all()]
     if empty:
         raise DataError(
-            f"{path}: column(s) {empty} hold no value in any row; the file is "
+            f"{path}: column(s) {empty} contain no value in any row; the file is "
             "damaged or not in the expected layout"
         )
