@@ -74,7 +74,7 @@ def query_labels(
     oracle: Oracle,
     seed: int,
 ) -> int:
-    """Run one active-learning query and move the answered records into the labeled pool.
+    """Run one active-learning query and move the newly labeled records into the labeled pool.
 
     Returns
     -------

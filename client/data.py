@@ -11,7 +11,7 @@ from metals.common.data import ClientPartition, make_client_partition, prepare_d
 
 logger = logging.getLogger(__name__)
 
-# Run-config keys that decide which records a client holds.
+# Run-config keys that decide which records a client has.
 DATA_KEYS = (
     "dataset",
     "data-dir",
@@ -51,7 +51,7 @@ def load_client_partition(
         )
     if "partition-id" not in node_config or "num-partitions" not in node_config:
         raise ValueError(
-            f"node config {dict(node_config)} lacks 'partition-id' and 'num-partitions'; "
+            f"node config {dict(node_config)} is missing 'partition-id' or 'num-partitions'; "
             "start the node with --node-config 'partition-id=<i> num-partitions=<n>'"
         )
     partition_id = int(node_config["partition-id"])

@@ -18,7 +18,7 @@ class Pools:
     Attributes
     ----------
     labeled : np.ndarray
-        int64 (n_labeled,): records whose label the client holds.
+        int64 (n_labeled,): records whose label the client has.
     labels : np.ndarray
         int64 (n_labeled,): the label of each ``labeled`` record, as given by
         the initial labelling or by the oracle.
@@ -49,11 +49,14 @@ class Pools:
         indices = np.asarray(indices, dtype=np.int64)
         labels = np.asarray(labels, dtype=np.int64)
         if len(indices) != len(labels):
-            raise ValueError(f"got {len(indices)} records but {len(labels)} labels")
+            raise ValueError(
+                f"got {len(indices)} records but {len(labels)} labels: pass one label per record"
+            )
         outside = np.setdiff1d(indices, self.unlabeled)
         if len(outside) or len(np.unique(indices)) != len(indices):
             raise ValueError(
-                f"records {outside[:5].tolist()} are not (or not once) in the unlabeled pool"
+                f"cannot label records {outside[:5].tolist()}: each record must be in the "
+                "unlabeled pool and appear once"
             )
         self.labeled = np.concatenate([self.labeled, indices])
         self.labels = np.concatenate([self.labels, labels])

@@ -77,7 +77,7 @@ def random_scores(num_records: int, seed: int) -> np.ndarray:
 def query_count(pool_size: int, *, fraction: float = 0.0, size: int = 0) -> int:
     """Return how many records to query from a pool of ``pool_size``.
 
-    ``size`` > 0 asks for that many records; otherwise ``ceil(fraction *
+    ``size`` > 0 requests that many records; otherwise ``ceil(fraction *
     pool_size)``. The result is capped by the pool size, so an empty pool
     queries nothing.
 
@@ -224,7 +224,7 @@ def select_queries(
     if count < 0:
         raise ValueError(f"invalid query count {count}: must be >= 0")
     if len(np.unique(pool)) != len(pool):
-        raise ValueError("the unlabeled pool holds duplicate indices; each record may appear once")
+        raise ValueError("the unlabeled pool contains duplicate indices; pass each record once")
     count = min(count, len(pool))
     if count == 0:
         return QueryResult(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))

@@ -55,8 +55,8 @@ def classification_report(
     for name, values in (("y_true", y_true), ("y_pred", y_pred)):
         if values.min() < 0 or values.max() >= len(class_names):
             raise ValueError(
-                f"{name} holds class index {int(values.max())} or {int(values.min())}, outside "
-                f"0..{len(class_names) - 1} of class_names {list(class_names)}"
+                f"invalid {name}: class indices span {int(values.min())}..{int(values.max())}, "
+                f"outside 0..{len(class_names) - 1} of class_names {list(class_names)}"
             )
 
     precision, recall, f1, support = precision_recall_fscore_support(

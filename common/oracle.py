@@ -1,4 +1,4 @@
-"""Oracles: whoever gives a client the true label of a record it queries."""
+"""Oracles: the sources of true labels for the records a client queries."""
 
 from __future__ import annotations
 

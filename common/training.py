@@ -140,7 +140,7 @@ def _forward_batched(
     outputs = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            batch = torch.as_tensor(x[start : start + batch_size], dtype=torch.float32)
+            batch = torch.tensor(x[start : start + batch_size], dtype=torch.float32)
             if embed:
                 outputs.append(model.embed(batch).numpy())
             else:

@@ -117,7 +117,7 @@ def run_federation(
     RoundFailedError
         When a round gets too few valid replies or too few nodes connect.
     ValueError
-        When ``run-dir`` holds another run that cannot be resumed.
+        When ``run-dir`` contains another run that cannot be resumed.
     """
     run_dir = resolve_run_dir(config)
     config = {**config, "run-dir": str(run_dir)}
@@ -140,7 +140,7 @@ def run_federation(
     checkpoint = load_checkpoint(run_dir)
     if checkpoint is not None and not config["resume"]:
         raise ValueError(
-            f"{run_dir} already holds a run (checkpoint after round {checkpoint.round}); set "
+            f"{run_dir} already contains a run (checkpoint after round {checkpoint.round}); set "
             "resume=true to continue it, or choose another run-dir"
         )
     if checkpoint is not None:

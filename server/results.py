@@ -31,7 +31,7 @@ METRICS_COLUMNS = (
 
 @dataclass(frozen=True)
 class RoundProgress:
-    """What the server reports after each completed round.
+    """Progress record passed to the callback after each completed round.
 
     Attributes
     ----------
@@ -140,8 +140,8 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
     summary = json.loads(path.read_text(encoding="utf-8"))
     if summary.get("format_version") != FORMAT_VERSION:
         raise ValueError(
-            f"{path} has format_version {summary.get('format_version')!r}, this metals reads "
-            f"{FORMAT_VERSION}"
+            f"{path} has format_version {summary.get('format_version')!r}, expected "
+            f"{FORMAT_VERSION}; read it with the metals version that wrote it"
         )
     return summary
 

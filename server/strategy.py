@@ -37,7 +37,7 @@ def reply_problem(msg: Message, reference: ArrayRecord) -> str | None:
 
     A reply is rejected when it carries an error, lacks exactly one
     ArrayRecord and one MetricRecord, misses a required metric, reports no
-    examples, or holds weights with other keys or shapes than ``reference``
+    examples, or contains weights with other keys or shapes than ``reference``
     or with NaN or Inf values.
     """
     if msg.has_error():
@@ -78,7 +78,7 @@ class ReplyCheckMixin:
     """Strategy mixin that drops invalid replies and fails a round with too few valid ones.
 
     Mixed in before a Flower strategy (``class X(ReplyCheckMixin, FedAvg)``).
-    After each :meth:`aggregate_train`, :attr:`client_metrics` holds the
+    After each :meth:`aggregate_train`, :attr:`client_metrics` contains the
     metrics of every valid reply, keyed by node id.
 
     Parameters

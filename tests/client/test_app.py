@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-
 from metals.client.app import app
 from metals.client.pools import load_pools
 from metals.common.data import prepare_dataset
@@ -49,7 +48,9 @@ def _context(partition_id: int = 1) -> Context:
 
 def _train_message(arrays, config, server_round: int) -> Message:
     record = ConfigRecord({**config, "server-round": server_round})
-    return Message(RecordDict({"arrays": arrays, "config": record}), dst_node_id=101, message_type="train")
+    return Message(
+        RecordDict({"arrays": arrays, "config": record}), dst_node_id=101, message_type="train"
+    )
 
 
 def test_train_reply_has_weights_and_metrics(run_config, global_arrays):
@@ -77,9 +78,10 @@ def test_labels_bought_kept_next_round(run_config, global_arrays):
     assert np.isin(labeled_after_first, labeled_after_second).all()
     total = first.content["metrics"]["labels-queried"] + second.content["metrics"]["labels-queried"]
     assert second.content["metrics"]["labels-queried-total"] == total
-    assert len(labeled_after_second) == len(labeled_after_first) + second.content["metrics"][
-        "labels-queried"
-    ]
+    assert (
+        len(labeled_after_second)
+        == len(labeled_after_first) + second.content["metrics"]["labels-queried"]
+    )
 
 
 def test_classical_mode_queries_nothing(run_config, global_arrays):
@@ -95,7 +97,9 @@ def test_classical_mode_queries_nothing(run_config, global_arrays):
 def test_evaluate_reports_local_accuracy(run_config, global_arrays):
     record = ConfigRecord({**run_config, "server-round": 1})
     msg = Message(
-        RecordDict({"arrays": global_arrays, "config": record}), dst_node_id=101, message_type="evaluate"
+        RecordDict({"arrays": global_arrays, "config": record}),
+        dst_node_id=101,
+        message_type="evaluate",
     )
 
     reply = app(msg, _context())

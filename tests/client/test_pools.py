@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 from flwr.app import RecordDict
-
 from metals.client.pools import Pools, load_pools, save_pools
 
 

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord
-
 from metals.server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save_checkpoint
 from metals.server.results import (
     METRICS_COLUMNS,
@@ -106,7 +105,9 @@ def test_load_checkpoint_none_without_one(tmp_path):
 
 
 def test_check_resumable_names_changed_key(tmp_path):
-    checkpoint = Checkpoint(1, ArrayRecord(), [], {}, random.getstate(), {"seed": 1, "num-rounds": 2})
+    checkpoint = Checkpoint(
+        1, ArrayRecord(), [], {}, random.getstate(), {"seed": 1, "num-rounds": 2}
+    )
 
     check_resumable(checkpoint, {"seed": 1, "num-rounds": 5}, tmp_path)
     with pytest.raises(ValueError, match="seed: 1 -> 2"):

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-
 from metals.server.strategy import (
     REQUIRED_TRAIN_METRICS,
     MetalsFedAvg,
@@ -11,7 +10,9 @@ from metals.server.strategy import (
     reply_problem,
 )
 
-REFERENCE = ArrayRecord({"w": Array(np.zeros((2, 3), np.float32)), "b": Array(np.zeros(2, np.float32))})
+REFERENCE = ArrayRecord(
+    {"w": Array(np.zeros((2, 3), np.float32)), "b": Array(np.zeros(2, np.float32))}
+)
 
 
 class _Grid:
@@ -40,7 +41,9 @@ def _reply(node_id: int, value: float = 1.0, w_shape=(2, 3), num_examples: int =
     arrays = ArrayRecord(
         {"w": Array(np.full(w_shape, value, np.float32)), "b": Array(np.full(2, value, np.float32))}
     )
-    return Message(RecordDict({"arrays": arrays, "metrics": _metrics(num_examples)}), reply_to=request)
+    return Message(
+        RecordDict({"arrays": arrays, "metrics": _metrics(num_examples)}), reply_to=request
+    )
 
 
 def _error_reply(node_id: int) -> Message:
