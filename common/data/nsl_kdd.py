@@ -44,7 +44,7 @@ NUMERIC = [column for column in FEATURES if column not in CATEGORICAL]
 DIFFICULTY = "difficulty"
 
 # Attack name to family, covering every name in KDDTrain+ and KDDTest+. The
-# test file holds 17 attacks absent from training, mapped by the DARPA 1998/1999
+# test file contains attacks absent from the training file, mapped by the DARPA 1998/1999
 # attack taxonomy the dataset comes from.
 # NOTE: published mappings disagree on httptunnel (R2L or U2R) and worm (DoS
 # or R2L); this table follows the more common R2L and DoS.
