@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,8 @@ from metals.common.traffic import (
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Oldest and newest run-directory format this version of metals reads.
 MIN_FORMAT_VERSION = 1
@@ -332,7 +336,8 @@ def detect_chunks(
     columns = inspect_columns(path, detector.layout)
     label = detector.layout.label
     has_label = bool(label) and label in columns.read
-    for chunk in iter_traffic_chunks(path, detector.layout, chunk_size=chunk_size, columns=columns):
+    chunks = iter_traffic_chunks(path, detector.layout, chunk_size=chunk_size, columns=columns)
+    for chunk in prefetch(chunks):
         frame = chunk.frame
         x = detector.features(frame)
         probabilities = detector.predict_proba(x)
@@ -345,6 +350,60 @@ def detect_chunks(
             true=true,
             bad=chunk.bad,
         )
+
+
+def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Yield ``items`` while a background thread already produces the next ones.
+
+    Parsing the next chunk (pyarrow, which releases the GIL) then overlaps
+    with preprocessing and predicting the current one. At most ``depth``
+    items wait in the queue, so memory grows by ``depth`` chunks. An
+    exception in the producer is raised again in the consumer.
+
+    Parameters
+    ----------
+    items : Iterator[T]
+        Producer, run in a daemon thread.
+    depth : int, default=1
+        Items produced ahead of the consumer.
+    """
+    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(("end", None))
+        except BaseException as error:  # raised again in the consumer
+            slots.put(("error", error))
+
+    worker = threading.Thread(target=produce, name="metals-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        # Unblock a producer waiting on a full queue, then wait for it to finish.
+        while worker.is_alive():
+            try:
+                slots.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        worker.join()
 
 
 def _true_classes(detector: Detector, labels: pd.Series) -> np.ndarray | None:

@@ -16,9 +16,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 if TYPE_CHECKING:
     from metals.common.inference import Detector
@@ -142,9 +144,10 @@ def detect_command(argv: list[str]) -> int:
 
     to_stdout = args.out == "-"
     report = sys.stderr if to_stdout else sys.stdout
-    out: Path | TextIO | None = None
+    out: Path | BinaryIO | None = None
     if to_stdout:
-        out = sys.stdout
+        sys.stdout.flush()
+        out = sys.stdout.buffer
     elif args.out is not None:
         out = Path(args.out)
     try:
@@ -165,7 +168,7 @@ def detect_command(argv: list[str]) -> int:
 
 
 def run_detection(
-    detector: Detector, data: Path, *, out: Path | TextIO | None, chunk_size: int
+    detector: Detector, data: Path, *, out: Path | BinaryIO | None, chunk_size: int
 ) -> DetectionSummary:
     """Predict every record of ``data`` and write the predictions.
 
@@ -175,7 +178,7 @@ def run_detection(
         Loaded run directory.
     data : pathlib.Path
         Traffic CSV.
-    out : pathlib.Path, text stream or None
+    out : pathlib.Path, binary stream or None
         Where to write the prediction rows; None writes none.
     chunk_size : int
         Lines per chunk.
@@ -218,23 +221,28 @@ class PredictionWriter:
 
     Parameters
     ----------
-    out : pathlib.Path or text stream
-        Destination; a path is written through a temporary file and renamed
+    out : pathlib.Path or binary stream
+        Destination. A path is written through a temporary file and renamed
         on :meth:`close`, so an interrupted run leaves no partial file.
     class_names : Sequence[str]
         Class names in the model's order.
     """
 
-    HEADER = "line,predicted_class,probability\n"
+    HEADER = b"line,predicted_class,probability\n"
 
-    def __init__(self, out: Path | TextIO, class_names: Sequence[str]) -> None:
-        self._names = np.array([_csv_field(name) for name in class_names], dtype=object)
+    def __init__(self, out: Path | BinaryIO, class_names: Sequence[str]) -> None:
+        self._names = pa.array(list(class_names), type=pa.string())
+        # pyarrow quotes every string under "needed"; plain names need no quotes.
+        plain = not any(set(name) & set(',"\n\r') for name in class_names)
+        self._options = pacsv.WriteOptions(
+            include_header=False, quoting_style="none" if plain else "needed"
+        )
         self._target: Path | None = None
         if isinstance(out, Path):
             out.parent.mkdir(parents=True, exist_ok=True)
             self._target = out
             self._temporary = out.with_name(f".{out.name}.partial")
-            self._stream: TextIO = self._temporary.open("w", encoding="utf-8", newline="")
+            self._stream: BinaryIO = self._temporary.open("wb")
         else:
             self._stream = out
         self._stream.write(self.HEADER)
@@ -244,14 +252,15 @@ class PredictionWriter:
         """Append one row per record: line number, class name, probability (6 decimals)."""
         if len(lines) == 0:
             return
-        rows = (
-            lines.astype(str).astype(object)
-            + ","
-            + self._names[predicted]
-            + ","
-            + np.char.mod("%.6f", probability).astype(object)
+        classes = pa.DictionaryArray.from_arrays(pa.array(predicted, type=pa.int32()), self._names)
+        table = pa.table(
+            {
+                "line": pa.array(lines, type=pa.int64()),
+                "predicted_class": classes,
+                "probability": np.round(probability.astype(np.float64), 6),
+            }
         )
-        self._stream.write("\n".join(rows) + "\n")
+        pacsv.write_csv(table, self._stream, write_options=self._options)
 
     def mark_complete(self) -> None:
         """Record that every chunk was written, so :meth:`close` keeps the file."""

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from metals.common.inference import prefetch
 from metals.common.traffic import (
     TrafficFileError,
     TrafficLayout,
@@ -164,3 +166,39 @@ def test_invalid_chunk_size_rejected(tmp_path: Path):
     # Execute / Assert
     with pytest.raises(ValueError, match="invalid chunk size 0"):
         next(iter_traffic_chunks(path, LAYOUT, chunk_size=0))
+
+
+def test_prefetch_keeps_order_and_raises():
+    # Prepare
+    def produce():
+        yield from range(5)
+        raise TrafficFileError("broken at item 5")
+
+    received = []
+
+    # Execute
+    with pytest.raises(TrafficFileError, match="broken at item 5"):
+        for item in prefetch(produce()):
+            received.append(item)
+
+    # Assert
+    assert received == [0, 1, 2, 3, 4]
+
+
+def test_prefetch_stops_producer_on_break():
+    # Prepare
+    produced = []
+
+    def produce():
+        for item in range(1000):
+            produced.append(item)
+            yield item
+
+    # Execute
+    for item in prefetch(produce(), depth=2):
+        if item == 3:
+            break
+
+    # Assert
+    assert len(produced) < 10
+    assert not [thread for thread in threading.enumerate() if thread.name == "metals-prefetch"]
