@@ -182,25 +182,42 @@ def _wants_help(argv: Sequence[str]) -> bool:
 
 
 def data_command(argv: list[str]) -> int:
-    """Print the dataset and client partitions that the overrides in ``argv`` produce."""
+    """Describe, or with ``download`` fetch, the dataset that the overrides in ``argv`` select."""
     if _wants_help(argv):
-        sys.stdout.write("usage: metals data [OVERRIDES ...]\n\n" + OVERRIDES_HELP)
+        sys.stdout.write(
+            "usage: metals data [download] [OVERRIDES ...]\n\n"
+            "Without 'download': print the dataset summary and the client partitions.\n"
+            "With 'download': fetch the dataset's public files into the data directory\n"
+            "and check their SHA-256 (nsl_kdd and ton_iot; Edge-IIoTset is on Kaggle).\n\n"
+            + OVERRIDES_HELP
+        )
         return 0
+    download = bool(argv) and argv[0] == "download"
+    overrides = argv[1:] if download else argv
 
     from metals.config import ConfigError, compose_run_config
 
     try:
-        run_config, verbose = compose_run_config(argv)
+        run_config, verbose = compose_run_config(overrides)
     except ConfigError as error:
         sys.stderr.write(f"metals data: {error}\n")
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
 
     from metals.common.data import DataError
-    from metals.common.data.summary import describe_federation
 
     try:
-        sys.stdout.write(describe_federation(run_config).rstrip("\n") + "\n")
+        if download:
+            from metals.common.data.download import download_dataset
+
+            paths = download_dataset(
+                str(run_config["dataset"]), str(run_config["data-dir"]) or None
+            )
+            sys.stdout.write("".join(f"{path}\n" for path in paths))
+        else:
+            from metals.common.data.summary import describe_federation
+
+            sys.stdout.write(describe_federation(run_config).rstrip("\n") + "\n")
     except DataError as error:
         sys.stderr.write(f"metals data: {error}\n")
         return 1

@@ -1,8 +1,10 @@
 """Tests of the ``metals`` command table and its configuration subcommands."""
 
 import io
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -194,3 +196,52 @@ def test_progress_line_fields():
     assert line.startswith("round  3/10 | clients 4/5 | labels 1,234 (24.1%)")
     assert "| accuracy 0.8123 | macro-F1 0.6541 | round 0.2 s | total " in line
     assert line.endswith(" s\n")
+
+
+DATA_DIR = Path(
+    os.environ.get("METALS_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
+
+
+@pytest.mark.skipif(
+    not (DATA_DIR / "nsl-kdd" / "KDDTest+.txt").is_file(),
+    reason=f"NSL-KDD files not found under {DATA_DIR}; set METALS_DATA_DIR",
+)
+def test_data_describes_partitions(capsys):
+    # Execute
+    code = main(["data", f"data_dir={DATA_DIR}", "num_clients=3"])
+
+    # Assert
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "nsl_kdd" in out
+    assert "over 3 clients" in out
+
+
+def test_data_missing_files_exit_1(tmp_path, capsys):
+    # Execute
+    code = main(["data", f"data_dir={tmp_path}"])
+
+    # Assert
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "not found" in err
+    assert str(tmp_path) in err
+
+
+def test_data_invalid_override_exit_2(capsys):
+    # Execute
+    code = main(["data", "partition=natural"])
+
+    # Assert
+    assert code == 2
+    assert "partition.name" in capsys.readouterr().err
+
+
+def test_data_download_edge_iiotset_points_to_kaggle(tmp_path, capsys):
+    # Execute: Edge-IIoTset needs a Kaggle account, so nothing is fetched.
+    code = main(["data", "download", "dataset=edge_iiotset", f"data_dir={tmp_path}"])
+
+    # Assert
+    assert code == 1
+    assert "Kaggle" in capsys.readouterr().err
