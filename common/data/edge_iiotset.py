@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 
@@ -156,7 +157,7 @@ def _check_header_and_tail(path: Path) -> None:
         size = handle.tell()
         handle.seek(max(size - 65536, 0))
         tail = handle.read().decode("utf-8", errors="replace").rstrip("\r\n")
-    names = [name.strip() for name in header.split(",")]
+    names = [name.strip() for name in next(csv.reader([header]))]
     missing = [name for name in COLUMNS if name not in names]
     if missing:
         raise DataError(
@@ -191,14 +192,24 @@ def _numeric_column(
     return converted, np.isnan(converted) & ~blank
 
 
-def _categorical_column(column: pa.ChunkedArray) -> pd.Series:
-    """Return stripped strings with numbers in one spelling (``0`` and ``0.0`` alike)."""
-    strings = column.to_pandas().astype("string").str.strip()
-    categories = pd.Series(pd.unique(strings.dropna()))
-    as_number = pd.to_numeric(categories, errors="coerce").astype("float64")
-    spelled = categories.where(as_number.isna(), as_number.astype(str))
-    lookup = dict(zip(categories, spelled, strict=True))
-    return strings.map(lookup).astype("category")
+def _categorical_column(column: pa.ChunkedArray) -> pd.Categorical:
+    """Return stripped strings with numbers in one spelling (``0`` and ``0.0`` alike).
+
+    The column is dictionary-encoded first, so the spelling fix runs once per
+    distinct value, not once per row.
+    """
+    encoded = pc.utf8_trim_whitespace(column).combine_chunks().dictionary_encode()
+    indices = encoded.indices.to_numpy(zero_copy_only=False)
+    valid = encoded.is_valid().to_numpy(zero_copy_only=False)
+    dictionary = pd.Series(encoded.dictionary.to_pylist(), dtype="object")
+    as_number = pd.to_numeric(dictionary, errors="coerce").astype("float64")
+    spelled = dictionary.where(as_number.isna(), as_number.astype(str)).astype(str)
+    categories = sorted(set(spelled))
+    position = {name: code for code, name in enumerate(categories)}
+    remap = np.array([position[name] for name in spelled], dtype=np.int64)
+    codes = np.full(len(indices), -1, dtype=np.int64)
+    codes[valid] = remap[indices[valid].astype(np.int64)]
+    return pd.Categorical.from_codes(codes, categories=categories)
 
 
 def read_edge_iiotset_file(path: Path, report: LoadReport) -> pd.DataFrame:
@@ -323,8 +334,6 @@ def load_edge_iiotset(data_dir: Path, labels: str = "default") -> RawTable:
     report = LoadReport()
     frames = [read_edge_iiotset_file(path, report) for path in input_files(data_dir)]
     table = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    for name in CATEGORICAL:
-        table[name] = table[name].astype(str)
     return RawTable(
         name=NAME,
         train=table,

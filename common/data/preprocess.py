@@ -79,8 +79,7 @@ class Preprocessor:
         if len(frame) == 0:
             raise DataError("cannot fit the preprocessor on zero training rows")
         self.categories_ = {
-            column: sorted(str(value) for value in pd.unique(frame[column].astype(str)))
-            for column in self.categorical
+            column: sorted(_distinct_strings(frame[column])) for column in self.categorical
         }
         matrix = self._encode(frame)
         low = matrix.min(axis=0)
@@ -192,7 +191,7 @@ class Preprocessor:
         offset = len(self.numeric)
         for column in self.categorical:
             categories = self.categories_[column]
-            codes = pd.Index(categories).get_indexer(frame[column].astype(str))
+            codes = _category_codes(frame[column], categories)
             seen = codes >= 0
             unseen = int(len(codes) - np.count_nonzero(seen))
             if unseen:
@@ -255,3 +254,22 @@ class Preprocessor:
         preprocessor.min_ = np.asarray(state["min"], dtype=np.float64)
         preprocessor.scale_ = np.asarray(state["scale"], dtype=np.float64)
         return preprocessor
+
+
+def _distinct_strings(values: pd.Series) -> list[str]:
+    """Return the distinct values of a column as strings."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        used = values.cat.remove_unused_categories().cat.categories
+        return [str(value) for value in used]
+    return [str(value) for value in pd.unique(values.astype(str))]
+
+
+def _category_codes(values: pd.Series, categories: list[str]) -> np.ndarray:
+    """Return the position of each value in ``categories``, -1 for an unseen one."""
+    known = pd.Index(categories)
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        # Look up the few distinct categories, then index by the row codes.
+        lookup = known.get_indexer(values.cat.categories.astype(str))
+        row_codes = values.cat.codes.to_numpy()
+        return np.where(row_codes >= 0, lookup[row_codes], -1)
+    return known.get_indexer(values.astype(str))

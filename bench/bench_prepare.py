@@ -1,0 +1,272 @@
+"""Benchmark Edge-IIoTset preparation against a plain pandas.read_csv of the same file.
+
+The full DNN-EdgeIIoT-dataset.csv is not available here, so the benchmark
+generates a file of the same size and layout (2,219,201 rows, the 63 columns)
+with the class counts below, and labels it as generated. Each measured step
+runs in a fresh Python process, and its peak memory is that process's
+ru_maxrss.
+
+Usage:
+    python bench/bench_prepare.py [--dir /tmp/metals-bench] [--rows 2219201]
+        [--page docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Rows per class of DNN-EdgeIIoT-dataset.csv. Normal, MITM and Fingerprinting
+# are the file's counts; the other classes are estimates that sum to its
+# 2,219,201 rows.
+CLASS_COUNTS = {
+    "Normal": 1_615_643,
+    "DDoS_UDP": 121_568,
+    "DDoS_ICMP": 116_436,
+    "SQL_injection": 51_203,
+    "Password": 50_153,
+    "Vulnerability_scanner": 50_110,
+    "DDoS_TCP": 50_062,
+    "DDoS_HTTP": 49_911,
+    "Uploading": 37_634,
+    "Backdoor": 24_862,
+    "Port_Scanning": 22_564,
+    "XSS": 15_915,
+    "Ransomware": 10_925,
+    "MITM": 1_214,
+    "Fingerprinting": 1_001,
+}
+CHUNK_ROWS = 200_000
+
+
+def generate(path: Path, rows: int, seed: int = 0) -> None:
+    """Write a generated CSV in the Edge-IIoTset 63-column layout."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    from metals.common.data.edge_iiotset import CATEGORICAL, COLUMNS
+
+    rng = np.random.default_rng(seed)
+    names = np.array(list(CLASS_COUNTS))
+    shares = np.array(list(CLASS_COUNTS.values()), dtype=np.float64)
+    labels = rng.permutation(np.repeat(names, np.round(shares / shares.sum() * rows).astype(int)))
+    labels = np.resize(labels, rows)
+    text_values = {
+        "frame.time": None,
+        "ip.src_host": np.array([f"192.168.0.{i}" for i in range(1, 255)]),
+        "ip.dst_host": np.array([f"192.168.0.{i}" for i in range(1, 255)]),
+        "arp.src.proto_ipv4": np.array(["0", "192.168.0.1"]),
+        "arp.dst.proto_ipv4": np.array(["0", "192.168.0.128"]),
+        "http.file_data": np.array(["0.0", "0", "<html>hello</html>"]),
+        "http.request.uri.query": np.array(["0.0", "0", "id=1"]),
+        "http.request.full_uri": np.array(["0.0", "0", "http://192.168.0.128/index.php"]),
+        "tcp.options": np.array(["0.0", "0", "020405b40402080a"]),
+        "tcp.payload": np.array(["0.0", "0", "474554202f20485454502f312e31"]),
+        "mqtt.msg": np.array(["0.0", "0", "32.5"]),
+        "http.request.method": np.array(["0.0", "0", "GET", "POST"]),
+        "http.referer": np.array(["0.0", "0", "127.0.0.1"]),
+        "http.request.version": np.array(["0.0", "0", "HTTP/1.1"]),
+        "dns.qry.name.len": np.array(["0.0", "0", "0.debian.pool.ntp.org", "1.0"]),
+        "mqtt.conack.flags": np.array(["0.0", "0", "0x00000000"]),
+        "mqtt.protoname": np.array(["0.0", "0", "MQTT"]),
+        "mqtt.topic": np.array(["0.0", "0", "Temperature_and_Humidity"]),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".partial")
+    with temporary.open("wb") as handle:
+        for start in range(0, rows, CHUNK_ROWS):
+            size = min(CHUNK_ROWS, rows - start)
+            columns = {}
+            for name in COLUMNS:
+                if name == "frame.time":
+                    seconds = rng.integers(0, 86_400, size)
+                    columns[name] = pa.array(
+                        np.char.add(" 2021 ", (seconds / 3600).round(6).astype(str))
+                    )
+                elif name in text_values or name in CATEGORICAL:
+                    columns[name] = pa.array(rng.choice(text_values[name], size, p=None))
+                elif name == "Attack_type":
+                    columns[name] = pa.array(labels[start : start + size])
+                elif name == "Attack_label":
+                    columns[name] = pa.array(
+                        (labels[start : start + size] != "Normal").astype(np.int64)
+                    )
+                else:
+                    # Most fields are 0; the rest are small integers or
+                    # fractions, as in the capture files.
+                    values = np.where(
+                        rng.random(size) < 0.6, 0.0, rng.integers(0, 65_536, size).astype(float)
+                    )
+                    columns[name] = pa.array(values)
+            table = pa.table(columns)
+            options = pacsv.WriteOptions(include_header=start == 0, quoting_style="none")
+            pacsv.write_csv(table, handle, write_options=options)
+    os.replace(temporary, path)
+
+
+def measure(step: str, data_dir: Path, cache_dir: Path) -> dict[str, float]:
+    """Run one step in this process and return wall time and peak memory."""
+    import pandas as pd
+    from metals.common.data import prepare_dataset
+
+    csv_path = data_dir / "edge-iiotset" / "DNN-EdgeIIoT-dataset.csv"
+    result: dict[str, float] = {"base_rss_bytes": current_rss()}
+    started = time.perf_counter()
+    if step == "plain":
+        frame = pd.read_csv(csv_path)
+        result["frame_bytes"] = float(frame.memory_usage(deep=True).sum())
+        result["rows"] = float(len(frame))
+    else:
+        prepared = prepare_dataset("edge_iiotset", data_dir, cache_dir=cache_dir)
+        result["rows"] = float(len(prepared.y_train) + len(prepared.y_val) + len(prepared.y_test))
+        result["features"] = float(prepared.x_train.shape[1])
+    result["seconds"] = time.perf_counter() - started
+    result["peak_rss_bytes"] = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return result
+
+
+def current_rss() -> float:
+    """Return this process's resident memory in bytes (VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) * 1024
+    return 0.0
+
+
+def run_step(step: str, data_dir: Path, cache_dir: Path) -> dict[str, float]:
+    """Run ``measure`` for one step in a fresh interpreter."""
+    command = [
+        sys.executable,
+        __file__,
+        "--step",
+        step,
+        "--dir",
+        str(data_dir.parent),
+    ]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def cpu_model() -> str:
+    """Return the CPU model name from /proc/cpuinfo."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def write_page(page: Path, text: str) -> None:
+    """Replace (or append) the prepare section of the benchmark page."""
+    start, end = "<!-- bench:prepare -->", "<!-- /bench:prepare -->"
+    section = f"{start}\n{text.rstrip()}\n{end}\n"
+    if page.is_file():
+        current = page.read_text(encoding="utf-8")
+    else:
+        current = (
+            "# Benchmarks\n\nMeasured numbers, each with the script and machine behind it.\n\n"
+        )
+    if start in current and end in current:
+        before = current.split(start, 1)[0]
+        after = current.split(end, 1)[1].lstrip("\n")
+        current = before + section + ("\n" + after if after else "")
+    else:
+        current = current.rstrip("\n") + "\n\n" + section
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(current, encoding="utf-8")
+
+
+def main() -> None:
+    """Generate the file if needed, run the three steps and report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("/tmp/metals-bench"),
+        help="work folder for the generated file and the cache",
+    )
+    parser.add_argument(
+        "--rows", type=int, default=sum(CLASS_COUNTS.values()), help="rows of the generated file"
+    )
+    parser.add_argument(
+        "--page", type=Path, default=None, help="benchmark page to write the results into"
+    )
+    parser.add_argument(
+        "--step", choices=("plain", "prepare", "cached"), default=None, help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    data_dir = args.dir / "generated-edge-iiotset"
+    cache_dir = args.dir / "cache"
+
+    if args.step is not None:
+        print(json.dumps(measure(args.step, data_dir, cache_dir)))
+        return
+
+    csv_path = data_dir / "edge-iiotset" / "DNN-EdgeIIoT-dataset.csv"
+    if not csv_path.is_file():
+        started = time.perf_counter()
+        generate(csv_path, args.rows)
+        (data_dir / "GENERATED.txt").write_text(
+            "DNN-EdgeIIoT-dataset.csv here is generated by bench/bench_prepare.py for "
+            "timing; it is not Edge-IIoTset data.\n"
+        )
+        print(f"generated {csv_path} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    shutil.rmtree(cache_dir, ignore_errors=True)
+
+    plain = run_step("plain", data_dir, cache_dir)
+    prepare = run_step("prepare", data_dir, cache_dir)
+    cached = run_step("cached", data_dir, cache_dir)
+
+    size_mib = csv_path.stat().st_size / 2**20
+    load = os.getloadavg()[0]
+    growth = prepare["peak_rss_bytes"] - prepare["base_rss_bytes"]
+    frame_mib = plain["frame_bytes"] / 2**20
+    lines = [
+        "## Edge-IIoTset preparation",
+        "",
+        f"Input: a **generated** file in the Edge-IIoTset layout ({int(plain['rows']):,} rows, "
+        f"63 columns, {size_mib:,.0f} MiB, class proportions of DNN-EdgeIIoT-dataset.csv), "
+        "not real traffic. Each step ran in a fresh Python process; peak memory is its "
+        "ru_maxrss.",
+        "",
+        "| step | wall time (s) | peak RSS (MiB) |",
+        "|---|---:|---:|",
+        f"| plain `pandas.read_csv` | {plain['seconds']:.1f} | "
+        f"{plain['peak_rss_bytes'] / 2**20:,.0f} |",
+        f"| full preparation (`prepare_dataset`, no cache) | {prepare['seconds']:.1f} | "
+        f"{prepare['peak_rss_bytes'] / 2**20:,.0f} |",
+        f"| cached reload (`prepare_dataset`, cache hit) | {cached['seconds']:.2f} | "
+        f"{cached['peak_rss_bytes'] / 2**20:,.0f} |",
+        "",
+        f"- preparation / plain read time: {prepare['seconds'] / plain['seconds']:.2f}x "
+        "(goal <= 1.5x)",
+        f"- preparation peak RSS / loaded frame ({frame_mib:,.0f} MiB, `memory_usage(deep=True)`): "
+        f"{prepare['peak_rss_bytes'] / plain['frame_bytes']:.2f}x (goal <= 3x); growth "
+        f"above the RSS after imports ({prepare['base_rss_bytes'] / 2**20:,.0f} MiB): "
+        f"{growth / plain['frame_bytes']:.2f}x",
+        f"- cached reload: {cached['seconds']:.2f} s (goal < 1 s)",
+        f"- rows after cleaning and deduplication: {int(prepare['rows']):,}; "
+        f"features: {int(prepare['features'])}",
+        "",
+        f"Machine: {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}; "
+        f"1-minute load average at the end of the run: {load:.1f} (other jobs share the "
+        "cores, so times are upper bounds).",
+        "",
+        "Command: `python bench/bench_prepare.py --page docs/benchmarks.md`",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.page is not None:
+        write_page(args.page, text)
+
+
+if __name__ == "__main__":
+    main()
