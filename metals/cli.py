@@ -378,8 +378,9 @@ def _is_framework_chatter(record: logging.LogRecord) -> bool:
 def _route_console_logs(verbose: bool) -> None:
     """Keep every log record in Hydra's log file and, unless ``verbose``, off the console.
 
-    Without ``verbose`` the console shows this project's warnings and errors
-    and Flower's and Ray's errors only.
+    Without ``verbose``, Hydra's console handler drops records below WARNING,
+    and Flower's and Ray's records below ERROR. Flower's own console handler is
+    not touched here.
     """
     if verbose:
         return
