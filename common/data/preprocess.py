@@ -185,8 +185,8 @@ class Preprocessor:
         assert self.categories_ is not None
         n_onehot = sum(len(values) for values in self.categories_.values())
         matrix = np.zeros((len(frame), len(self.numeric) + n_onehot), dtype=np.float64)
-        for position, column in enumerate(self.numeric):
-            matrix[:, position] = frame[column].to_numpy(dtype=np.float64)
+        # One block copy: filling the row-major matrix column by column is several times slower.
+        matrix[:, : len(self.numeric)] = frame[self.numeric].to_numpy(dtype=np.float64)
 
         offset = len(self.numeric)
         for column in self.categorical:
