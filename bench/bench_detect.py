@@ -1,0 +1,284 @@
+"""Benchmark `metals detect` end to end against the bare forward pass of the same model.
+
+Builds traffic files of 250k and 1M records by repeating the rows of the
+real KDDTest+ file into a work folder, never into the repository. Trains a
+small NSL-KDD model unless --model is given. Then runs each measured step in
+a fresh Python process that reports its own wall time and peak RSS
+(ru_maxrss):
+
+- detect: `metals detect --model RUN --data FILE --out PRED.csv` (load the
+  run, parse, preprocess, predict, write), timed inside the process;
+- floor: the same model's forward pass (softmax included, batches of 65,536
+  rows, torch.no_grad) over the already prepared float32 tensor of the same
+  records, timed alone after the tensor is built;
+- parse: the chunked reader alone, for the breakdown.
+
+Usage:
+    METALS_DATA_DIR=../shared/data python bench/bench_detect.py [--write-page]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PAGE = REPO_ROOT / "docs" / "benchmarks.md"
+START_MARK = "<!-- bench:detect -->"
+END_MARK = "<!-- /bench:detect -->"
+BATCH = 65_536
+
+
+# ---------------------------------------------------------------------------
+# Child steps: each runs in its own process and prints one JSON line.
+# ---------------------------------------------------------------------------
+
+
+def child_detect(model: str, data: str, out: str, chunk_size: int) -> dict:
+    # Import torch, pandas and pyarrow before the clock starts, as the floor step does;
+    # the table's process column includes the imports.
+    import metals.common.inference  # noqa: F401
+
+    from metals.detect import detect_command
+
+    started = time.perf_counter()
+    code = detect_command(["--model", str(model), "--data", str(data), "--out", str(out),
+                           "--chunk-size", str(chunk_size)])  # fmt: skip
+    return {"seconds": time.perf_counter() - started, "exit_code": code}
+
+
+def child_floor(model: str, data: str, chunk_size: int) -> dict:
+    import numpy as np
+    import torch
+    from metals.common.inference import load_detector
+    from metals.common.traffic import iter_traffic_chunks
+
+    detector = load_detector(model)
+    parts = [
+        detector.features(chunk.frame)
+        for chunk in iter_traffic_chunks(data, detector.layout, chunk_size=chunk_size)
+    ]
+    x = torch.from_numpy(np.concatenate(parts))
+    del parts
+
+    started = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, len(x), BATCH):
+            torch.softmax(detector.model(x[start : start + BATCH]), dim=1).argmax(dim=1)
+    return {"seconds": time.perf_counter() - started, "records": len(x)}
+
+
+def child_parse(model: str, data: str, chunk_size: int) -> dict:
+    from metals.common.inference import load_detector
+    from metals.common.traffic import iter_traffic_chunks
+
+    detector = load_detector(model)
+    started = time.perf_counter()
+    records = sum(
+        len(chunk.frame)
+        for chunk in iter_traffic_chunks(data, detector.layout, chunk_size=chunk_size)
+    )
+    return {"seconds": time.perf_counter() - started, "records": records}
+
+
+def run_child(args: argparse.Namespace) -> None:
+    if args.child == "detect":
+        result = child_detect(args.model, args.data, args.out, args.chunk_size)
+    elif args.child == "floor":
+        result = child_floor(args.model, args.data, args.chunk_size)
+    else:
+        result = child_parse(args.model, args.data, args.chunk_size)
+    result["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Set-up and the measuring parent.
+# ---------------------------------------------------------------------------
+
+
+def build_traffic(source: Path, target: Path, records: int) -> Path:
+    """Write ``records`` lines by repeating ``source`` (reused when already complete)."""
+    if target.is_file() and target.stat().st_size > 0:
+        with target.open("rb") as handle:
+            if (
+                sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 24), b""))
+                == records
+            ):
+                return target
+    lines = source.read_bytes().splitlines(keepends=True)
+    partial = target.with_suffix(".partial")
+    with partial.open("wb") as handle:
+        written = 0
+        while written < records:
+            part = lines[: records - written]
+            handle.writelines(part)
+            written += len(part)
+    partial.replace(target)
+    return target
+
+
+def train_run(run_dir: Path, data_dir: Path) -> Path:
+    """Train an NSL-KDD MLP for 2 epochs and write it in the server's run-directory layout."""
+    if (run_dir / "model.pt").is_file():
+        return run_dir
+    import numpy as np
+    from metals.common.data import prepare_dataset
+    from metals.common.model import build_model
+    from metals.common.runconfig import validate_run_config
+    from metals.common.training import train_local
+    from metals.server.results import save_model, write_config, write_summary
+
+    config = validate_run_config({"dataset": "nsl_kdd", "data-dir": str(data_dir)})
+    prepared = prepare_dataset("nsl_kdd", data_dir, cache_dir=run_dir.parent / "cache")
+    model = build_model(prepared.x_train.shape[1], len(prepared.class_names), (90, 90), seed=1)
+    train_local(model, np.array(prepared.x_train), np.array(prepared.y_train), epochs=2,
+                batch_size=256, seed=1)  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(run_dir, config)
+    prepared.preprocessor.save(run_dir / "preprocessor")
+    write_summary(run_dir, {"class_names": list(prepared.class_names)})
+    save_model(run_dir, model.state_dict())
+    return run_dir
+
+
+def measure(step: str, model: Path, data: Path, out: Path, chunk_size: int) -> dict:
+    command = [sys.executable, __file__, "--child", step, "--model", str(model),
+               "--data", str(data), "--out", str(out), "--chunk-size", str(chunk_size)]  # fmt: skip
+    started = time.perf_counter()
+    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if finished.returncode != 0:
+        raise RuntimeError(f"step {step} failed ({finished.returncode}):\n{finished.stderr}")
+    result = json.loads(finished.stdout.strip().splitlines()[-1])
+    result["process_seconds"] = wall
+    return result
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return (
+        f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)"
+    )
+
+
+def format_section(rows: list[dict], command: str, host: str, load: str, chunk_size: int) -> str:
+    lines = [
+        START_MARK,
+        "## metals detect: end to end against the bare forward pass",
+        "",
+        f"Machine: {host}. Load average before the run: {load} (other jobs shared the cores).",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Traffic: KDDTest+ rows repeated into files of the sizes below (generated, not",
+        f"committed). Model: the 2 x 90 MLP on NSL-KDD (118 inputs, 5 classes). Chunk size "
+        f"{chunk_size:,} lines. Each step runs in a fresh process; peak RSS is that",
+        "process's ru_maxrss. *floor* is the forward pass alone over the prepared float32",
+        "tensor of the same records; *detect* is `metals detect --out PRED.csv` from",
+        "loading the run to the last written row; *parse* is the chunked reader alone.",
+        "",
+        "*process* is the wall time of the whole process, Python start and imports included.",
+        "",
+        "| records | step | seconds | records/s | x floor | peak RSS (MiB) | process (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['records']:,} | {row['step']} | {row['seconds']:.2f} | "
+            f"{row['records'] / row['seconds']:,.0f} | {row['ratio']:.1f} | "
+            f"{row['max_rss_mib']:.0f} | {row['process_seconds']:.1f} |"
+        )
+    lines += ["", END_MARK]
+    return "\n".join(lines)
+
+
+def write_page(section: str) -> None:
+    """Replace this benchmark's section of docs/benchmarks.md, or append it."""
+    PAGE.parent.mkdir(parents=True, exist_ok=True)
+    text = PAGE.read_text(encoding="utf-8") if PAGE.is_file() else "# Benchmarks\n"
+    if START_MARK in text and END_MARK in text:
+        before = text[: text.index(START_MARK)]
+        after = text[text.index(END_MARK) + len(END_MARK) :]
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    PAGE.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", choices=("detect", "floor", "parse"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help="run directory (default: train one)")
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--records", type=int, nargs="+", default=[250_000, 1_000_000])
+    parser.add_argument("--chunk-size", type=int, default=100_000)
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/metals-bench-detect"),
+        help="folder for generated files (default /tmp/metals-bench-detect)",
+    )
+    parser.add_argument(
+        "--write-page", action="store_true", help="replace the detect section of docs/benchmarks.md"
+    )
+    args = parser.parse_args()  # fmt: skip
+    if args.child:
+        run_child(args)
+        return
+
+    data_dir = Path(os.environ.get("METALS_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
+    source = data_dir / "nsl-kdd" / "KDDTest+.txt"
+    args.work.mkdir(parents=True, exist_ok=True)
+    model = args.model or train_run(args.work / "run", data_dir)
+    load = " ".join(f"{value:.1f}" for value in os.getloadavg())
+
+    rows = []
+    for records in args.records:
+        traffic = build_traffic(source, args.work / f"traffic-{records}.csv", records)
+        out = args.work / f"predictions-{records}.csv"
+        results = {step: measure(step, model, traffic, out, args.chunk_size)
+                   for step in ("floor", "parse", "detect")}  # fmt: skip
+        floor = results["floor"]["seconds"]
+        for step, result in results.items():
+            rows.append({"records": records, "step": step, "seconds": result["seconds"],
+                         "ratio": result["seconds"] / floor,
+                         "max_rss_mib": result["max_rss_mib"],
+                         "process_seconds": result["process_seconds"]})  # fmt: skip
+            print(f"{records:>9,} {step:<7} {result['seconds']:7.2f} s "
+                  f"{records / result['seconds']:>12,.0f} rec/s {result['seconds'] / floor:5.1f}x "
+                  f"floor  peak RSS {result['max_rss_mib']:6.0f} MiB "
+                  f"(process {result['process_seconds']:.1f} s)", flush=True)  # fmt: skip
+
+    command = "METALS_DATA_DIR=../shared/data python bench/bench_detect.py " + " ".join(
+        sys.argv[1:]
+    )
+    section = format_section(rows, command.strip(), machine(), load, args.chunk_size)
+    if args.write_page:
+        write_page(section)
+        print(f"wrote {PAGE}")
+    else:
+        print(section)
+
+
+if __name__ == "__main__":
+    main()
