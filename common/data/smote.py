@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from imblearn.over_sampling import SMOTE
 from metals.common.data.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -59,6 +58,10 @@ def oversample_smote(
     if len(classes) < 2:
         logger.info("SMOTE skipped: the labeled pool contains %s class(es)", len(classes))
         return x, y
+
+    # Imported here: imbalanced-learn pulls in scikit-learn and SciPy (seconds
+    # of start-up in every simulated client), and most runs never use SMOTE.
+    from imblearn.over_sampling import SMOTE
 
     target = int(counts.max())
     new_x: list[np.ndarray] = [x]
