@@ -26,7 +26,9 @@ def backend_config(num_cpus: int | None = None, *, verbose: bool = False) -> dic
     verbose : bool, default=False
         Keep Ray's worker output and dashboard defaults.
     """
-    init_args: dict[str, Any] = {"include_dashboard": False}
+    # Ray's own services (GCS, raylet, workers) listen on loopback only, and
+    # giving the address skips Ray's probe for the machine's outward address.
+    init_args: dict[str, Any] = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
     if num_cpus is not None:
         init_args["num_cpus"] = num_cpus
     if not verbose:
@@ -67,6 +69,9 @@ def run_experiment(
     """
     config = validate_run_config(run_config)
     config["run-dir"] = str(resolve_run_dir(config))
+
+    # Ray 2.x reports usage statistics to its vendor unless this is 0.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
     # Imported here because flwr.simulation starts Ray machinery on import.
     from flwr.simulation import run_simulation
