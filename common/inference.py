@@ -115,6 +115,9 @@ def traffic_layout(dataset: str, preprocessor: Preprocessor) -> TrafficLayout:
     TrafficLayout
         For ``nsl_kdd`` also the column orders of files without a header row
         (41 features, optionally followed by the attack name and difficulty).
+        For ``ton_iot`` a device file needs the sensor columns of one device
+        type. For ``edge_iiotset`` the identifier and timestamp columns that
+        training drops are accepted and not read.
     """
     features = tuple(preprocessor.numeric + preprocessor.categorical)
     numeric = frozenset(preprocessor.numeric)
@@ -129,7 +132,42 @@ def traffic_layout(dataset: str, preprocessor: Preprocessor) -> TrafficLayout:
             headerless=(ordered, (*ordered, LABEL), (*ordered, LABEL, nsl_kdd.DIFFICULTY)),
             label=LABEL,
         )
-    # TODO: per-dataset identifier and timestamp columns for ton_iot and edge_iiotset.
+    if dataset == "ton_iot":
+        from metals.common.data import ton_iot
+
+        # A device file has its own sensors only; training gave rows the other
+        # devices' sensors as 0 (numeric) or "n/a" (categorical).
+        defaults: dict[str, float | str] = dict.fromkeys(preprocessor.numeric, 0.0)
+        defaults.update(dict.fromkeys(preprocessor.categorical, ton_iot.ABSENT))
+        device_columns = tuple(
+            tuple(sensors + categories)
+            for sensors, categories in ton_iot.DEVICES.values()
+            if all(name in features for name in sensors + categories)
+        )
+        return TrafficLayout(
+            features=features,
+            numeric=numeric,
+            optional=(ton_iot.TYPE,),
+            ignored=(*ton_iot.DROPPED, ton_iot.BINARY),
+            label=ton_iot.TYPE,
+            defaults=defaults,
+            column_sets=device_columns,
+            boolean_numbers=True,
+        )
+    if dataset == "edge_iiotset":
+        from metals.common.data import edge_iiotset
+
+        # NOTE: no test runs this layout on a trained Edge-IIoTset model; the full
+        # dataset is not available to the test suite.
+        label = edge_iiotset.ATTACK_TYPE
+        return TrafficLayout(
+            features=features,
+            numeric=numeric,
+            optional=(label,),
+            ignored=tuple(c for c in edge_iiotset.COLUMNS if c not in features and c != label),
+            label=label,
+            number_spelling=frozenset(preprocessor.categorical),
+        )
     return TrafficLayout(features=features, numeric=numeric, optional=(LABEL,), label=LABEL)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +58,17 @@ class TrafficLayout:
         Feature columns whose empty values the preprocessing fills itself.
     label : str or None, default=None
         Optional column holding the record's own label, when a file has one.
+    defaults : Mapping[str, float | str], default={}
+        Feature columns a file may lack, with the value training gave rows
+        without them (TON_IoT: the sensors of other device types).
+    column_sets : tuple[tuple[str, ...], ...], default=()
+        When given, a file must contain every column of at least one set,
+        such as the sensor columns of one TON_IoT device type.
+    boolean_numbers : bool, default=False
+        Read ``true``/``false`` in numeric columns as 1/0, as training does.
+    number_spelling : frozenset[str], default=frozenset()
+        Text columns whose numeric values are rewritten in one spelling
+        (``0`` and ``0.0`` both become ``0.0``), as training does.
     """
 
     features: tuple[str, ...]
@@ -67,6 +78,10 @@ class TrafficLayout:
     headerless: tuple[tuple[str, ...], ...] = ()
     nullable: frozenset[str] = frozenset()
     label: str | None = None
+    defaults: Mapping[str, float | str] = field(default_factory=dict)
+    column_sets: tuple[tuple[str, ...], ...] = ()
+    boolean_numbers: bool = False
+    number_spelling: frozenset[str] = frozenset()
 
     @property
     def known(self) -> frozenset[str]:
@@ -85,13 +100,16 @@ class FileColumns:
     header_lines : int
         1 when the first line is a header row, else 0.
     read : tuple[str, ...]
-        Columns parsed into each chunk: the features, then the optional
-        columns present in the file.
+        Columns parsed into each chunk: the features present, then the
+        optional columns present.
+    absent : tuple[str, ...], default=()
+        Feature columns the file lacks, filled from ``TrafficLayout.defaults``.
     """
 
     names: tuple[str, ...]
     header_lines: int
     read: tuple[str, ...]
+    absent: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,7 +196,13 @@ def inspect_columns(path: str | Path, layout: TrafficLayout) -> FileColumns:
         if duplicates:
             raise TrafficFileError(f"{path}: duplicate columns in the header: {duplicates}")
         unknown = [name for name in names if name not in layout.known]
-        missing = [name for name in layout.features if name not in names]
+        missing = [
+            name for name in layout.features if name not in names and name not in layout.defaults
+        ]
+        if not missing and layout.column_sets:
+            if not any(all(name in names for name in group) for group in layout.column_sets):
+                groups = " or ".join("(" + ", ".join(group) + ")" for group in layout.column_sets)
+                missing = [f"every column of one of {groups}"]
         if unknown or missing:
             problems = []
             if unknown:
@@ -202,9 +226,11 @@ def inspect_columns(path: str | Path, layout: TrafficLayout) -> FileColumns:
         names = matching[0]
         header_lines = 0
 
+    present = tuple(name for name in layout.features if name in names)
     present_optional = tuple(name for name in layout.optional if name in names)
+    absent = tuple(name for name in layout.features if name not in names)
     return FileColumns(
-        names=names, header_lines=header_lines, read=layout.features + present_optional
+        names=names, header_lines=header_lines, read=present + present_optional, absent=absent
     )
 
 
@@ -339,7 +365,9 @@ def _parse_block(
                 column_types={name: pa.string() for name in columns.read},
             ),
         )
-        frame, invalid = _coerce_numeric(_trimmed(table).to_pandas(), numeric)
+        frame, invalid = _coerce_numeric(
+            _trimmed(table).to_pandas(), numeric, booleans=layout.boolean_numbers
+        )
 
     bad_index = _locate_rows(block, starts, wrong_width, path, first_line)
     bad = [
@@ -388,6 +416,10 @@ def _parse_block(
         keep[drop] = False
         frame = frame.loc[keep].reset_index(drop=True)
         lines = lines[keep]
+    for name in columns.absent:
+        frame[name] = layout.defaults[name]
+    for name in layout.number_spelling & set(frame.columns):
+        frame[name] = _spell_numbers(frame[name])
     bad.sort(key=lambda record: record.line)
     return TrafficChunk(frame=frame, lines=lines, bad=bad)
 
@@ -402,15 +434,29 @@ def _trimmed(table: pa.Table) -> pa.Table:
     return table
 
 
-def _coerce_numeric(frame: pd.DataFrame, numeric: list[str]) -> tuple[pd.DataFrame, dict[int, str]]:
+def _spell_numbers(values: pd.Series) -> pd.Series:
+    """Rewrite the numeric strings of a text column as ``str(float(value))``."""
+    distinct = pd.Series(pd.unique(values.dropna()), dtype=object)
+    as_number = pd.to_numeric(distinct, errors="coerce")
+    spelled = distinct.where(as_number.isna(), as_number.astype(str))
+    return values.map(dict(zip(distinct, spelled, strict=True)))
+
+
+def _coerce_numeric(
+    frame: pd.DataFrame, numeric: list[str], *, booleans: bool
+) -> tuple[pd.DataFrame, dict[int, str]]:
     """Convert text columns to float64, returning the rows whose values are not numbers."""
     invalid: dict[int, str] = {}
     for name in numeric:
-        text = frame[name]
+        original = frame[name]
+        text = original.str.lower()
+        if booleans:
+            text = text.replace({"true": "1", "false": "0"})
         values = pd.to_numeric(text, errors="coerce")
-        given = text.notna() & ~text.str.lower().isin(["", "nan", "na", "null"])
+        given = text.notna() & ~text.isin(["", "nan", "na", "null"])
         for row in np.flatnonzero((values.isna() & given).to_numpy()):
-            invalid.setdefault(int(row), f"invalid number {text.iloc[row]!r} in column '{name}'")
+            value = original.iloc[row]
+            invalid.setdefault(int(row), f"invalid number {value!r} in column '{name}'")
         frame[name] = values.astype(np.float64)
     return frame, invalid
 

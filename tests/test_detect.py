@@ -8,7 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from detect_support import TrainedRun, build_run
+from metals.common.data import ton_iot
 from metals.common.data.nsl_kdd import FEATURES
+from metals.common.data.table import LoadReport
+from metals.common.data.ton_iot import read_device_file
 from metals.common.inference import MAX_FORMAT_VERSION, RunDirError, load_detector
 from metals.server.results import FORMAT_VERSION
 
@@ -306,3 +309,58 @@ def test_invalid_chunk_size_is_usage_error(nsl_run: TrainedRun, kdd_test: Path, 
     # Assert
     assert code == 2
     assert "invalid --chunk-size 0" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def ton_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> TrainedRun:
+    if not (data_dir / "ton-iot-telemetry").is_dir():
+        pytest.skip(f"TON_IoT files not found in {data_dir / 'ton-iot-telemetry'}")
+    return build_run(tmp_path_factory.getbasetemp() / "detect", data_dir, "ton_iot", epochs=1)
+
+
+@pytest.mark.parametrize("device", ["Garage_Door", "Fridge"])
+def test_ton_iot_device_file_as_in_training(
+    ton_run: TrainedRun, data_dir: Path, tmp_path: Path, device: str
+):
+    # Prepare
+    path = data_dir / "ton-iot-telemetry" / f"Train_Test_IoT_{device}.csv"
+    detector = load_detector(ton_run.run_dir)
+    preprocessor = detector.preprocessor
+    loaded = read_device_file(path, device, LoadReport())
+    for column in preprocessor.numeric:
+        if column not in loaded:
+            loaded[column] = 0.0
+    for column in preprocessor.categorical:
+        if column not in loaded:
+            loaded[column] = ton_iot.ABSENT
+    expected = detector.predict_proba(preprocessor.transform_features(loaded)).argmax(axis=1)
+    expected_lines = loaded.index.to_numpy() + 2  # data row 0 is on line 2, after the header
+    out = tmp_path / "predictions.csv"
+
+    # Execute
+    summary = run_detection(detector, path, out=out, chunk_size=20_000)
+
+    # Assert
+    predictions = pd.read_csv(out).set_index("line")
+    names = np.array(detector.class_names)
+    assert summary.records == sum(1 for _ in path.open(encoding="utf-8")) - 1
+    assert summary.labelled == summary.predicted
+    assert set(expected_lines) <= set(predictions.index)
+    assert (predictions.loc[expected_lines, "predicted_class"].to_numpy() == names[expected]).all()
+
+
+def test_ton_iot_file_without_device_columns_rejected(ton_run: TrainedRun, tmp_path: Path, capsys):
+    # Prepare
+    traffic = write_lines(
+        tmp_path / "no-sensors.csv",
+        ["ts,date,time,label,type", "1556245180,25-Apr-19, 19:19:40 ,1,ddos"],
+    )
+
+    # Execute
+    code = main(["detect", "--model", str(ton_run.run_dir), "--data", str(traffic)])
+
+    # Assert
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "missing columns the model needs" in err
+    assert "(fridge_temperature, temp_condition)" in err
