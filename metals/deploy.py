@@ -177,17 +177,21 @@ class ManagedProcess:
     def kill(self) -> None:
         """Kill the process group with SIGKILL, as a crash or power loss would."""
         if self.popen is not None:
+            strays = descendants(self.popen.pid)
             self._signal_group(signal.SIGKILL)
             self.popen.wait()
+            _stop_strays(strays, STOP_TIMEOUT_SECONDS, graceful=False)
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         """Stop the process group: SIGTERM, then SIGKILL after ``timeout`` seconds.
 
         The group is signalled even when the leader has exited, because a
-        child it left behind (a ServerApp or ClientApp runner) may still run.
+        child it left behind may still run. Descendants in other sessions
+        (Flower's SuperExec and its app runners) get the same treatment.
         """
         if self.popen is None:
             return
+        strays = descendants(self.popen.pid) if self.popen.poll() is None else []
         if self.popen.poll() is None:
             self._signal_group(signal.SIGTERM)
             try:
@@ -201,6 +205,7 @@ class ManagedProcess:
                 )
         self._signal_group(signal.SIGKILL)
         self.popen.wait()
+        _stop_strays(strays, timeout)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -208,6 +213,64 @@ class ManagedProcess:
     def log_tail(self, lines: int = 20) -> str:
         """Return the last ``lines`` lines of the process log."""
         return _tail(self.log_path, lines)
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """Return ``{pid: (parent pid, state letter)}`` of every process, from Linux's /proc."""
+    table: dict[int, tuple[int, str]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return table
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The command name in brackets may hold spaces; fields follow the last ')'.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        table[int(entry.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(pid: int) -> list[int]:
+    """Return the live (non-zombie) descendants of ``pid``, children first.
+
+    Flower starts its SuperExec and app runners in sessions of their own, so
+    signalling the process group of a SuperLink or SuperNode misses them.
+    NOTE: reads /proc, so the list is empty on systems without it (macOS);
+    there those processes stop by themselves once their parent is gone.
+    """
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _state) in table.items():
+        children.setdefault(parent, []).append(child)
+    found: list[int] = []
+    queue = list(children.get(pid, []))
+    while queue:
+        current = queue.pop(0)
+        if table[current][1] != "Z":
+            found.append(current)
+        queue.extend(children.get(current, []))
+    return found
+
+
+def _stop_strays(pids: list[int], timeout: float, *, graceful: bool = True) -> None:
+    """Stop processes that are not our children: SIGTERM, then SIGKILL after ``timeout``.
+
+    With ``graceful`` False only SIGKILL is sent.
+    """
+    for signum in (signal.SIGTERM, signal.SIGKILL) if graceful else (signal.SIGKILL,):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            table = _process_table()
+            pids = [pid for pid in pids if pid in table and table[pid][1] != "Z"]
+            if not pids:
+                return
+            time.sleep(0.1)
 
 
 def _tail(path: Path, lines: int) -> str:
