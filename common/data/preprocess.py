@@ -81,14 +81,25 @@ class Preprocessor:
         self.categories_ = {
             column: sorted(_distinct_strings(frame[column])) for column in self.categorical
         }
-        matrix = self._encode(frame)
-        low = matrix.min(axis=0)
-        high = matrix.max(axis=0)
-        span = high - low
+        self._check_columns(frame)
+        values = frame[self.numeric].to_numpy(dtype=np.float64)
+        low = [values.min(axis=0) if len(self.numeric) else np.zeros(0)]
+        high = [values.max(axis=0) if len(self.numeric) else np.zeros(0)]
+        del values
+
+        # A one-hot column spans [0, 1] unless its category is in every row.
+        for column in self.categorical:
+            categories = self.categories_[column]
+            always = len(categories) == 1 and bool(
+                np.all(_category_codes(frame[column], categories) == 0)
+            )
+            low.append(np.full(len(categories), 1.0 if always else 0.0))
+            high.append(np.ones(len(categories)))
+        self.min_ = np.concatenate(low).astype(np.float64)
+        span = np.concatenate(high) - self.min_
 
         # A constant column maps to 0: dividing by 1 keeps it finite.
         span[span == 0] = 1.0
-        self.min_ = low.astype(np.float64)
         self.scale_ = span.astype(np.float64)
         return self
 
@@ -153,13 +164,43 @@ class Preprocessor:
         """Return the clipped float32 matrix and the number of clipped values."""
         if self.min_ is None or self.scale_ is None:
             raise DataError("the preprocessor is not fitted; call fit() on training rows first")
-        matrix = self._encode(frame)
-        matrix -= self.min_
-        matrix /= self.scale_
-        outside = (matrix < 0.0) | (matrix > 1.0)
-        n_clipped = int(np.count_nonzero(outside))
-        np.clip(matrix, 0.0, 1.0, out=matrix)
-        return matrix.astype(np.float32), n_clipped
+        self._check_columns(frame)
+        assert self.categories_ is not None
+        n_numeric = len(self.numeric)
+        n_features = n_numeric + sum(len(values) for values in self.categories_.values())
+        matrix = np.zeros((len(frame), n_features), dtype=np.float32)
+
+        # Numeric block: scale in float64, then store as float32.
+        values = frame[self.numeric].to_numpy(dtype=np.float64)
+        values -= self.min_[:n_numeric]
+        values /= self.scale_[:n_numeric]
+        n_clipped = int(np.count_nonzero((values < 0.0) | (values > 1.0)))
+        np.clip(values, 0.0, 1.0, out=values)
+        matrix[:, :n_numeric] = values
+        del values
+
+        offset = n_numeric
+        for column in self.categorical:
+            categories = self.categories_[column]
+            codes = _category_codes(frame[column], categories)
+            seen = codes >= 0
+            unseen = int(len(codes) - np.count_nonzero(seen))
+            if unseen:
+                logger.info(
+                    "column %s: %s value(s) of categories not seen in training encoded as "
+                    "all zeros",
+                    column,
+                    unseen,
+                )
+            matrix[np.flatnonzero(seen), offset + codes[seen]] = 1.0
+            block = slice(offset, offset + len(categories))
+            if np.any(self.min_[block] != 0.0):
+                # A category present in every training row: scale to 0 and clip the rest.
+                shifted = (matrix[:, block] - self.min_[block]) / self.scale_[block]
+                n_clipped += int(np.count_nonzero((shifted < 0.0) | (shifted > 1.0)))
+                matrix[:, block] = np.clip(shifted, 0.0, 1.0)
+            offset += len(categories)
+        return matrix, n_clipped
 
     def encode_labels(self, labels: pd.Series) -> np.ndarray:
         """Return class indices, int64 shape (n_rows,), for fine-grained labels."""
@@ -174,37 +215,14 @@ class Preprocessor:
             )
         return y.to_numpy(dtype=np.int64)
 
-    def _encode(self, frame: pd.DataFrame) -> np.ndarray:
-        """Return numeric columns and one-hot blocks as float64, shape (n_rows, n_features)."""
+    def _check_columns(self, frame: pd.DataFrame) -> None:
+        """Raise if ``frame`` lacks a feature column."""
         missing = [c for c in self.numeric + self.categorical if c not in frame.columns]
         if missing:
             raise DataError(
                 f"missing feature column(s) {missing}; the table must have the columns "
                 "the preprocessor was fitted on"
             )
-        assert self.categories_ is not None
-        n_onehot = sum(len(values) for values in self.categories_.values())
-        matrix = np.zeros((len(frame), len(self.numeric) + n_onehot), dtype=np.float64)
-        # One block copy: filling the row-major matrix column by column is several times slower.
-        matrix[:, : len(self.numeric)] = frame[self.numeric].to_numpy(dtype=np.float64)
-
-        offset = len(self.numeric)
-        for column in self.categorical:
-            categories = self.categories_[column]
-            codes = _category_codes(frame[column], categories)
-            seen = codes >= 0
-            unseen = int(len(codes) - np.count_nonzero(seen))
-            if unseen:
-                logger.info(
-                    "column %s: %s value(s) of categories not seen in training encoded as "
-                    "all zeros",
-                    column,
-                    unseen,
-                )
-            rows = np.flatnonzero(seen)
-            matrix[rows, offset + codes[seen]] = 1.0
-            offset += len(categories)
-        return matrix
 
     def save(self, directory: str | Path) -> None:
         """Write the fitted state as JSON into ``directory`` (created if absent)."""

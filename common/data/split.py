@@ -21,7 +21,14 @@ def drop_duplicates(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFra
     removed : int
         Number of rows removed.
     """
-    duplicated = frame.duplicated(subset=columns, keep="first").to_numpy()
+    # Hash each row first and compare exactly only the rows whose hash repeats,
+    # because pandas' exact check factorizes every column of every row.
+    hashes = pd.util.hash_pandas_object(frame[columns], index=False)
+    candidates = hashes.duplicated(keep=False).to_numpy()
+    duplicated = np.zeros(len(frame), dtype=bool)
+    if candidates.any():
+        subset = frame.loc[candidates, columns]
+        duplicated[candidates] = subset.duplicated(keep="first").to_numpy()
     removed = int(np.count_nonzero(duplicated))
     if removed:
         frame = frame.loc[~duplicated]
