@@ -171,7 +171,8 @@ class Preprocessor:
         matrix = np.zeros((len(frame), n_features), dtype=np.float32)
 
         # Numeric block: scale in float64, then store as float32.
-        values = frame[self.numeric].to_numpy(dtype=np.float64)
+        # copy=True: a frame of one float64 block (as pyarrow builds it) gives a read-only view.
+        values = frame[self.numeric].to_numpy(dtype=np.float64, copy=True)
         values -= self.min_[:n_numeric]
         values /= self.scale_[:n_numeric]
         n_clipped = int(np.count_nonzero((values < 0.0) | (values > 1.0)))
