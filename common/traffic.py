@@ -396,9 +396,9 @@ def _parse_block(
         for row in np.flatnonzero(not_finite.any(axis=1)):
             if row in reasons:
                 continue
-            column = required[int(np.argmax(not_finite[row]))]
-            kind = "missing" if np.isnan(values[row]).any() else "infinite"
-            reasons[int(row)] = f"{kind} value in column '{column}'"
+            position = int(np.argmax(not_finite[row]))
+            kind = "missing" if np.isnan(values[row, position]) else "infinite"
+            reasons[int(row)] = f"{kind} value in column '{required[position]}'"
     text_required = [
         name
         for name in columns.read
