@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+
 from metals.client.data import load_client_partition
+from metals.client.pool_file import (
+    STATE_DIR_KEY,
+    load_pool_file,
+    pool_file_identity,
+    pool_file_path,
+    save_pool_file,
+)
 from metals.client.pools import Pools, load_pools, save_pools
 from metals.common.al import query_count, select_queries
 from metals.common.data import ClientPartition, oversample_smote
@@ -49,6 +58,57 @@ def initial_pools(partition: ClientPartition, mode: str) -> Pools:
     return Pools(labeled, partition.y[labeled], np.asarray(partition.unlabeled, dtype=np.int64))
 
 
+def restore_pools(
+    context: Context,
+    partition: ClientPartition,
+    config: RunConfig,
+    pool_file: Path | None,
+    identity: Mapping[str, Any],
+    server_round: int,
+) -> Pools:
+    """Return the pools to train ``server_round`` with.
+
+    They come from ``context.state``, else from ``pool_file`` (a restarted
+    run), else from the partition's initial split. Labels bought in
+    ``server_round`` or later are dropped, because the server repeats a
+    round when it restarts between a client's reply and its own checkpoint.
+    """
+    pools = load_pools(context.state)
+    if pools is None and pool_file is not None:
+        pools = load_pool_file(pool_file, identity, partition)
+        if pools is not None:
+            logger.info(
+                "partition %d: continuing from %s (trained in round %d, %d labels bought)",
+                partition.partition_id,
+                pool_file,
+                pools.trained_round,
+                pools.labels_queried_total,
+            )
+    if pools is None:
+        if pool_file is None:
+            logger.warning(
+                "partition %d: run-dir is empty and the node config has no '%s', so the "
+                "pools are kept in memory only and a restarted run starts them afresh",
+                partition.partition_id,
+                STATE_DIR_KEY,
+            )
+        return initial_pools(partition, str(config["mode"]))
+
+    if pools.trained_round >= server_round:
+        trained_round = pools.trained_round
+        dropped = pools.discard_rounds_from(server_round)
+        logger.warning(
+            "partition %d: server sent round %d but the pools were trained in round %d; "
+            "%d labels bought since round %d go back to the unlabeled pool",
+            partition.partition_id,
+            server_round,
+            trained_round,
+            dropped,
+            server_round,
+        )
+    return pools
+
+
 def _round_seed(config: RunConfig, partition_id: int, server_round: int) -> int:
     """Return a seed that differs per run seed, client and round."""
     sequence = np.random.SeedSequence([int(config["seed"]), partition_id, server_round])
@@ -73,6 +133,7 @@ def query_labels(
     config: RunConfig,
     oracle: Oracle,
     seed: int,
+    server_round: int,
 ) -> int:
     """Run one active-learning query and move the newly labeled records into the labeled pool.
 
@@ -105,7 +166,7 @@ def query_labels(
         embeddings=embeddings,
         labeled_embeddings=labeled_embeddings,
     )
-    pools.add_labels(query.indices, oracle.label(query.indices))
+    pools.add_labels(query.indices, oracle.label(query.indices), server_round=server_round)
     return len(query.indices)
 
 
@@ -121,10 +182,10 @@ def train(msg: Message, context: Context) -> Message:
     model = _model_from_message(msg, config, partition, len(class_names))
     seed = _round_seed(config, partition.partition_id, server_round)
 
-    # Pools survive between rounds in the node's state.
-    pools = load_pools(context.state)
-    if pools is None:
-        pools = initial_pools(partition, str(config["mode"]))
+    # Pools survive between rounds in the node's state, and restarts in a file.
+    pool_file = pool_file_path(config, context.node_config, partition.partition_id)
+    identity = pool_file_identity(config, context.node_config, partition.partition_id)
+    pools = restore_pools(context, partition, config, pool_file, identity, server_round)
     x_test, y_test = partition.x[partition.test], partition.y[partition.test]
     received_accuracy = accuracy(model, x_test, y_test)
 
@@ -132,7 +193,7 @@ def train(msg: Message, context: Context) -> Message:
     labels_queried = 0
     if config["mode"] == "metals":
         labels_queried = query_labels(
-            model, partition, pools, config, build_oracle(partition), seed
+            model, partition, pools, config, build_oracle(partition), seed, server_round
         )
 
     # Local training, FedAvg or FedProx objective.
@@ -152,6 +213,9 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=proximal_mu,
         seed=seed,
     )
+    pools.trained_round = server_round
+    if pool_file is not None:
+        save_pool_file(pool_file, pools, identity)
     save_pools(context.state, pools)
 
     metrics = {

@@ -3,7 +3,10 @@
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
 from metals.client.app import app
+from metals.client.data import load_client_partition
+from metals.client.pool_file import load_pool_file, pool_file_identity
 from metals.client.pools import load_pools
 from metals.common.data import prepare_dataset
 from metals.common.model import build_model
@@ -36,14 +39,19 @@ def _identity(flower_identity):
     return None
 
 
-def _context(partition_id: int = 1) -> Context:
+def _context(partition_id: int = 1, **node_config) -> Context:
     return Context(
         run_id=1,
         node_id=100 + partition_id,
-        node_config={"partition-id": partition_id, "num-partitions": 4},
+        node_config={"partition-id": partition_id, "num-partitions": 4, **node_config},
         state=RecordDict(),
         run_config={},
     )
+
+
+def _client_partition(config, partition_id):
+    node_config = {"partition-id": partition_id, "num-partitions": 4}
+    return load_client_partition(config, node_config)[0]
 
 
 def _train_message(arrays, config, server_round: int) -> Message:
@@ -113,3 +121,130 @@ def test_train_without_partition_fails_clearly(run_config, global_arrays):
 
     with pytest.raises(Exception, match="partition-id"):
         app(_train_message(global_arrays, run_config, 1), context)
+
+
+def test_evaluate_empty_test_split_has_no_examples(run_config, global_arrays):
+    config = {**run_config, "local-test-fraction": 0.0}
+    record = ConfigRecord({**config, "server-round": 1})
+    msg = Message(
+        RecordDict({"arrays": global_arrays, "config": record}),
+        dst_node_id=101,
+        message_type="evaluate",
+    )
+
+    reply = app(msg, _context())
+
+    assert reply.content["metrics"]["num-examples"] == 0
+    assert np.isnan(reply.content["metrics"]["accuracy"])
+
+
+def test_train_writes_pool_file_in_run_dir(run_config, global_arrays, tmp_path):
+    # Prepare
+    config = {**run_config, "run-dir": str(tmp_path)}
+    context = _context()
+
+    # Execute
+    app(_train_message(global_arrays, config, 1), context)
+
+    # Assert
+    in_memory = load_pools(context.state)
+    path = tmp_path / "client-state" / "partition-1.npz"
+    partition = _client_partition(config, 1)
+    on_disk = load_pool_file(path, pool_file_identity(config, context.node_config, 1), partition)
+    assert on_disk is not None
+    assert on_disk.labeled.tolist() == in_memory.labeled.tolist()
+    assert on_disk.labels.tolist() == in_memory.labels.tolist()
+    assert on_disk.unlabeled.tolist() == in_memory.unlabeled.tolist()
+    assert on_disk.labels_queried_total == in_memory.labels_queried_total
+    assert on_disk.trained_round == 1
+
+
+def test_restarted_client_keeps_bought_labels(run_config, global_arrays, tmp_path):
+    # Prepare: two rounds, then a new process (empty context.state) gets round 3.
+    config = {**run_config, "run-dir": str(tmp_path)}
+    first_context = _context()
+    app(_train_message(global_arrays, config, 1), first_context)
+    app(_train_message(global_arrays, config, 2), first_context)
+    before = load_pools(first_context.state)
+
+    # Execute
+    restarted = _context()
+    reply = app(_train_message(global_arrays, config, 3), restarted)
+
+    # Assert
+    after = load_pools(restarted.state)
+    metrics = reply.content["metrics"]
+    assert before.labels_queried_total > 0
+    assert (
+        metrics["labels-queried-total"] == before.labels_queried_total + metrics["labels-queried"]
+    )
+    assert np.isin(before.labeled, after.labeled).all()
+    assert len(after.unlabeled) == len(before.unlabeled) - metrics["labels-queried"]
+
+
+def test_repeated_round_queries_same_records(run_config, global_arrays, tmp_path):
+    # Prepare: round 2 ran, but the server restarts from its round-1 checkpoint.
+    config = {**run_config, "run-dir": str(tmp_path)}
+    context = _context()
+    app(_train_message(global_arrays, config, 1), context)
+    app(_train_message(global_arrays, config, 2), context)
+    first_attempt = load_pools(context.state)
+
+    # Execute
+    restarted = _context()
+    reply = app(_train_message(global_arrays, config, 2), restarted)
+
+    # Assert
+    second_attempt = load_pools(restarted.state)
+    assert reply.content["metrics"]["labels-queried-total"] == first_attempt.labels_queried_total
+    assert second_attempt.labeled.tolist() == first_attempt.labeled.tolist()
+    assert second_attempt.unlabeled.tolist() == first_attempt.unlabeled.tolist()
+
+
+def test_state_dir_node_config_moves_pool_file(run_config, global_arrays, tmp_path):
+    config = {**run_config, "run-dir": str(tmp_path / "run")}
+
+    app(_train_message(global_arrays, config, 1), _context(**{"state-dir": str(tmp_path / "dev")}))
+
+    assert (tmp_path / "dev" / "partition-1.npz").is_file()
+    assert not (tmp_path / "run" / "client-state").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"initial-labeled-fraction": 0.3}, "initial-labeled-fraction: 0.2 -> 0.3"),
+        ({"mode": "classical"}, "mode: 'metals' -> 'classical'"),
+    ],
+    ids=["labeled-fraction", "mode"],
+)
+def test_pool_file_of_other_run_rejected(run_config, global_arrays, tmp_path, change, expected):
+    # Prepare
+    config = {**run_config, "run-dir": str(tmp_path)}
+    app(_train_message(global_arrays, config, 1), _context())
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="belongs to another run") as raised:
+        app(_train_message(global_arrays, {**config, **change}, 2), _context())
+    assert expected in str(raised.value)
+
+
+def test_pool_file_of_other_partition_rejected(run_config, global_arrays, tmp_path):
+    # Prepare: partition 1's file copied to partition 2's name.
+    config = {**run_config, "run-dir": str(tmp_path)}
+    app(_train_message(global_arrays, config, 1), _context(1))
+    folder = tmp_path / "client-state"
+    (folder / "partition-2.npz").write_bytes((folder / "partition-1.npz").read_bytes())
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="partition-id: 1 -> 2"):
+        app(_train_message(global_arrays, config, 2), _context(2))
+
+
+def test_unreadable_pool_file_rejected(run_config, global_arrays, tmp_path):
+    config = {**run_config, "run-dir": str(tmp_path)}
+    (tmp_path / "client-state").mkdir()
+    (tmp_path / "client-state" / "partition-1.npz").write_bytes(b"not a zip file")
+
+    with pytest.raises(ValueError, match="partition-1.npz is unreadable"):
+        app(_train_message(global_arrays, config, 1), _context())
