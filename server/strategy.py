@@ -153,6 +153,37 @@ class ReplyCheckMixin:
         }
         return super().aggregate_train(server_round, valid)  # type: ignore[misc]
 
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Average the evaluation metrics of the replies that evaluated at least one record.
+
+        A client whose local test split is empty replies with ``num-examples``
+        0 and NaN metrics. Such a reply measures nothing, so it is left out
+        of the weighted average and logged with its node id.
+        """
+        counted: list[Message] = []
+        for msg in replies:
+            if not msg.has_error():
+                metrics = next(iter(msg.content.metric_records.values()), None)
+                num_examples = None if metrics is None else metrics.get("num-examples")
+                if isinstance(num_examples, (int, float)) and num_examples <= 0:
+                    logger.info(
+                        "round %d: evaluation reply of node %d left out of the average: "
+                        "its local test split is empty",
+                        server_round,
+                        msg.metadata.src_node_id,
+                    )
+                    continue
+            counted.append(msg)
+        if not any(not msg.has_error() for msg in counted):
+            logger.info(
+                "round %d: no client evaluated any record, so there is no federated evaluation",
+                server_round,
+            )
+            return None
+        return super().aggregate_evaluate(server_round, counted)  # type: ignore[misc]
+
 
 class MetalsFedAvg(ReplyCheckMixin, FedAvg):
     """FedAvg (McMahan et al., AISTATS 2017) with reply checks from :class:`ReplyCheckMixin`."""

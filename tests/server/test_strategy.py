@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+
 from metals.server.strategy import (
     REQUIRED_TRAIN_METRICS,
     MetalsFedAvg,
@@ -157,3 +158,39 @@ def test_build_strategy_fedprox_sends_mu():
 
     assert isinstance(strategy, MetalsFedProx)
     assert messages[0].content["config"]["proximal-mu"] == 0.3
+
+
+def _evaluate_reply(node_id: int, num_examples: int, accuracy: float) -> Message:
+    request = Message(RecordDict(), dst_node_id=node_id, message_type="evaluate")
+    metrics = MetricRecord({"num-examples": num_examples, "accuracy": accuracy})
+    return Message(RecordDict({"metrics": metrics}), reply_to=request)
+
+
+def test_aggregate_evaluate_skips_empty_test_split(caplog):
+    # Prepare: node 1 has no local test records, so its accuracy is NaN.
+    strategy = _strategy()
+    replies = [
+        _evaluate_reply(1, 0, float("nan")),
+        _evaluate_reply(2, 10, 0.8),
+        _evaluate_reply(3, 30, 0.4),
+    ]
+    caplog.set_level("INFO", logger="metals")
+
+    # Execute
+    metrics = strategy.aggregate_evaluate(1, replies)
+
+    # Assert: (10 * 0.8 + 30 * 0.4) / 40
+    assert metrics["accuracy"] == pytest.approx(0.5)
+    assert "node 1" in caplog.text
+    assert "local test split is empty" in caplog.text
+
+
+def test_aggregate_evaluate_all_empty_is_none(caplog):
+    strategy = _strategy()
+    replies = [_evaluate_reply(1, 0, float("nan")), _evaluate_reply(2, 0, float("nan"))]
+    caplog.set_level("INFO", logger="metals")
+
+    metrics = strategy.aggregate_evaluate(1, replies)
+
+    assert metrics is None
+    assert "no client evaluated any record" in caplog.text
