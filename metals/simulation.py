@@ -10,6 +10,7 @@ from typing import Any
 
 from metals.common.runconfig import validate_run_config
 from metals.server.app import RoundProgress, build_server_app
+from metals.server.checkpoint import check_run_dir
 from metals.server.federation import resolve_run_dir
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,26 @@ def backend_config(num_cpus: int | None = None, *, verbose: bool = False) -> dic
         init_args["log_to_driver"] = False
         init_args["logging_level"] = logging.WARNING
     return {"init_args": init_args, "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
+
+
+class FlowerNoticeFilter(logging.Filter):
+    """Drop two Flower 1.42 WARNING records that a metals run cannot act on.
+
+    They are the deprecation notice of ``flwr.simulation.run_simulation``
+    (metals runs its simulation in process on purpose) and the notice that
+    ``fraction_evaluate`` is 0 (federated evaluation off is the default of
+    ``fraction-evaluate``). Every other record passes.
+    """
+
+    NOTICES = (
+        "The `run_simulation` function is deprecated",
+        "fraction_evaluate is set to 0.0",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Return False for the two notices, True for every other record."""
+        message = record.getMessage()
+        return not any(notice in message for notice in self.NOTICES)
 
 
 def run_experiment(
@@ -63,12 +84,17 @@ def run_experiment(
     Raises
     ------
     ValueError
-        On an invalid run config.
+        On an invalid run config, or when ``run-dir`` contains a run that
+        ``resume`` false forbids continuing or whose settings differ.
     RuntimeError
         When the simulation fails, for example a round with too few valid replies.
     """
     config = validate_run_config(run_config)
-    config["run-dir"] = str(resolve_run_dir(config))
+    run_dir = resolve_run_dir(config)
+    config["run-dir"] = str(run_dir)
+
+    # The ServerApp checks this too, but only after Ray has started.
+    check_run_dir(run_dir, config)
 
     # Ray 2.x reports usage statistics to its vendor unless this is 0.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -80,8 +106,10 @@ def run_experiment(
 
     flwr_logger = logging.getLogger("flwr")
     previous_level = flwr_logger.level
+    notice_filter = FlowerNoticeFilter()
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
+        flwr_logger.addFilter(notice_filter)
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         run_simulation(
@@ -93,4 +121,5 @@ def run_experiment(
         )
     finally:
         flwr_logger.setLevel(previous_level)
+        flwr_logger.removeFilter(notice_filter)
     return Path(str(config["run-dir"]))

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
+
 from metals.server.results import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,27 @@ def check_resumable(checkpoint: Checkpoint, config: Mapping[str, Any], run_dir: 
             f"cannot resume the run in {run_dir}: settings differ from its checkpoint ({details}); "
             "restore them, or start a new run with another run-dir"
         )
+
+
+def check_run_dir(run_dir: Path, config: Mapping[str, Any]) -> Checkpoint | None:
+    """Return the checkpoint a run in ``run_dir`` continues from, or None for a new run.
+
+    Raises
+    ------
+    ValueError
+        When ``run_dir`` contains a run and ``resume`` is false, or when
+        ``config`` changes a setting of that run that must stay fixed.
+    """
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint is None:
+        return None
+    if not config["resume"]:
+        raise ValueError(
+            f"{run_dir} already contains a run (checkpoint after round {checkpoint.round}); set "
+            "resume=true to continue it, or choose another run-dir"
+        )
+    check_resumable(checkpoint, config, run_dir)
+    return checkpoint
 
 
 def restore_random(checkpoint: Checkpoint) -> None:
