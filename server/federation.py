@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
+
 from metals.common.data import PreparedData, prepare_dataset
 from metals.common.metrics import classification_report
 from metals.common.model import MLP, build_model
@@ -20,11 +21,11 @@ from metals.common.runconfig import RunConfig, parse_hidden_layers
 from metals.common.training import predict_proba
 from metals.server.checkpoint import (
     Checkpoint,
-    check_resumable,
-    load_checkpoint,
+    check_run_dir,
     restore_random,
     save_checkpoint,
 )
+from metals.server.pool_sizes import PoolSizes, initial_pool_sizes, labels_summary
 from metals.server.results import (
     RoundProgress,
     save_model,
@@ -80,17 +81,6 @@ class GlobalEvaluator:
         return classification_report(self.prepared.y_test, predictions, self.prepared.class_names)
 
 
-def _labels_summary(client_stats: Mapping[str, Mapping[str, float]]) -> tuple[int, float]:
-    """Return labels bought so far and the labeled share of the reported clients' pools."""
-    labels = sum(
-        int(stats["carried-labels"] + stats["labels-queried-total"])
-        for stats in client_stats.values()
-    )
-    pool = sum(stats["pool-size"] for stats in client_stats.values())
-    labeled = sum(stats["labeled-pool-size"] for stats in client_stats.values())
-    return labels, (labeled / pool if pool else float("nan"))
-
-
 def run_federation(
     grid: Grid,
     config: RunConfig,
@@ -136,22 +126,14 @@ def run_federation(
         seed=int(config["seed"]),
     )
 
-    # Start fresh or continue from the last completed round.
-    checkpoint = load_checkpoint(run_dir)
-    if checkpoint is not None and not config["resume"]:
-        raise ValueError(
-            f"{run_dir} already contains a run (checkpoint after round {checkpoint.round}); set "
-            "resume=true to continue it, or choose another run-dir"
-        )
+    pool_sizes = initial_pool_sizes(prepared.y_train, prepared.groups_train, config)
+
+    # Start fresh or continue from the last completed round. Clients keep
+    # their own pools on disk, so they continue from that round too.
+    checkpoint = check_run_dir(run_dir, config)
     if checkpoint is not None:
-        check_resumable(checkpoint, config, run_dir)
         restore_random(checkpoint)
         arrays, rows, client_stats = checkpoint.arrays, checkpoint.rows, checkpoint.client_stats
-        # NOTE: clients restart with fresh pools after a resume, so labels they
-        # bought before it are carried over here to keep the total whole.
-        for stats in client_stats.values():
-            stats["carried-labels"] += stats["labels-queried-total"]
-            stats["labels-queried-total"] = 0
         start_round = checkpoint.round
         logger.info("resuming %s after round %d", run_dir, start_round)
     else:
@@ -199,14 +181,12 @@ def run_federation(
         report = evaluator(arrays)
         for metrics in strategy.client_metrics.values():
             key = str(int(metrics["partition-id"]))
-            previous = client_stats.get(key, {"carried-labels": 0})
             client_stats[key] = {
-                "carried-labels": previous["carried-labels"],
                 "labels-queried-total": float(metrics["labels-queried-total"]),
                 "labeled-pool-size": float(metrics["labeled-pool-size"]),
                 "pool-size": float(metrics["pool-size"]),
             }
-        labels_total, labeled_fraction = _labels_summary(client_stats)
+        labels_total, labeled_fraction = labels_summary(pool_sizes, client_stats)
         client_accuracies = [float(m["trained-accuracy"]) for m in strategy.client_metrics.values()]
         row = {
             "round": server_round,
@@ -252,7 +232,7 @@ def run_federation(
                 )
             )
 
-    _write_final(run_dir, config, arrays, rows, client_stats, report, prepared)
+    _write_final(run_dir, config, arrays, rows, client_stats, pool_sizes, report, prepared)
     return run_dir
 
 
@@ -262,12 +242,13 @@ def _write_final(
     arrays: ArrayRecord,
     rows: list[dict[str, Any]],
     client_stats: Mapping[str, Mapping[str, float]],
+    pool_sizes: PoolSizes,
     report: Mapping[str, Any],
     prepared: PreparedData,
 ) -> None:
     """Write metrics.csv, summary.json and model.pt after the last round."""
     write_metrics(run_dir, rows)
-    labels_total, labeled_fraction = _labels_summary(client_stats)
+    labels_total, labeled_fraction = labels_summary(pool_sizes, client_stats)
     last = rows[-1] if rows else {}
     summary = {
         "rounds_completed": len(rows),

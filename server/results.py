@@ -42,7 +42,8 @@ class RoundProgress:
     labels_queried_total : int
         Labels bought from the oracles since the start of the run.
     labeled_fraction : float
-        Labeled share of the pools of the clients that have reported.
+        Labeled share of all clients' pools (labeled and unlabeled records,
+        without the local test splits).
     accuracy, macro_f1 : float
         Global model on the held-out test set.
     elapsed_seconds : float

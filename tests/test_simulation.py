@@ -1,5 +1,7 @@
 """Real Flower simulations (Ray) on NSL-KDD: a full run, and resuming a killed run."""
 
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -9,9 +11,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from simulation_support import expected_labeled_fraction
+
 from metals.common.data import prepare_dataset
 from metals.server.results import METRICS_COLUMNS, read_metrics, read_summary
-
 from metals.simulation import run_experiment
 
 pytestmark = pytest.mark.slow
@@ -33,16 +36,30 @@ def _config(data_dir, run_dir, **overrides):
     return config
 
 
+class _RecordList(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 @pytest.fixture(scope="module")
 def finished_run(data_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     progress = []
-    returned = run_experiment(_config(data_dir, run_dir), progress=progress.append)
-    return returned, progress
+    flower_records = _RecordList()
+    logging.getLogger("flwr").addHandler(flower_records)
+    try:
+        returned = run_experiment(_config(data_dir, run_dir), progress=progress.append)
+    finally:
+        logging.getLogger("flwr").removeHandler(flower_records)
+    return returned, progress, flower_records.records
 
 
 def test_run_writes_every_round(finished_run):
-    run_dir, progress = finished_run
+    run_dir, progress, _ = finished_run
 
     metrics = read_metrics(run_dir)
 
@@ -52,7 +69,7 @@ def test_run_writes_every_round(finished_run):
 
 
 def test_run_beats_majority_class(finished_run, data_dir):
-    run_dir, _ = finished_run
+    run_dir, _, _ = finished_run
     y_test = prepare_dataset("nsl_kdd", data_dir).y_test
     majority_rate = np.bincount(y_test).max() / len(y_test)
 
@@ -62,7 +79,7 @@ def test_run_beats_majority_class(finished_run, data_dir):
 
 
 def test_run_labels_bought_grow_each_round(finished_run):
-    run_dir, _ = finished_run
+    run_dir, _, _ = finished_run
 
     labels = read_metrics(run_dir)["labels_queried_total"].tolist()
 
@@ -70,8 +87,26 @@ def test_run_labels_bought_grow_each_round(finished_run):
     assert all(later > earlier for earlier, later in zip(labels, labels[1:], strict=False))
 
 
+def test_run_labeled_fraction_counts_all_clients(finished_run, data_dir):
+    run_dir, _, _ = finished_run
+    metrics = read_metrics(run_dir)
+
+    expected = expected_labeled_fraction(data_dir, 3, metrics["labels_queried_total"])
+
+    assert np.allclose(metrics["labeled_fraction"], expected)
+
+
+def test_quiet_run_hides_flower_notices(finished_run):
+    _, _, records = finished_run
+
+    messages = [record.getMessage() for record in records]
+
+    assert not any("`run_simulation` function is deprecated" in m for m in messages)
+    assert not any("fraction_evaluate is set to 0.0" in m for m in messages)
+
+
 def test_run_directory_contents(finished_run):
-    run_dir, _ = finished_run
+    run_dir, _, _ = finished_run
 
     summary = read_summary(run_dir)
 
@@ -99,11 +134,21 @@ KILLED_RUN = textwrap.dedent(
 )
 
 
-def test_killed_run_resumes_from_last_round(data_dir, tmp_path):
-    # Prepare: a server process killed right after round 2 of 4.
-    import json
+def _client_pools(run_dir, num_clients):
+    """Return the pools each client saved in the run directory, by partition id."""
+    pools = {}
+    for partition_id in range(num_clients):
+        path = run_dir / "client-state" / f"partition-{partition_id}.npz"
+        with np.load(path) as content:
+            pools[partition_id] = {key: content[key] for key in content.files}
+    return pools
 
-    config = _config(data_dir, tmp_path / "run", **{"num-rounds": 4})
+
+def test_killed_run_resumes_from_last_round(finished_run, data_dir, tmp_path):
+    # Prepare: a server process killed right after round 2 of 3.
+    uninterrupted = read_metrics(finished_run[0])
+    run_dir = tmp_path / "run"
+    config = _config(data_dir, run_dir)
     process = subprocess.Popen(
         [sys.executable, "-c", KILLED_RUN, json.dumps(config)],
         start_new_session=True,
@@ -118,23 +163,33 @@ def test_killed_run_resumes_from_last_round(data_dir, tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    before = read_metrics(tmp_path / "run")
+    before = read_metrics(run_dir)
+    pools_before = _client_pools(run_dir, 3)
 
     # Execute
     run_experiment(config)
-    after = read_metrics(tmp_path / "run")
+    after = read_metrics(run_dir)
+    pools_after = _client_pools(run_dir, 3)
 
-    # Assert
+    # Assert: the server continues from round 2.
     assert returncode == -signal.SIGKILL
     assert before["round"].tolist() == [1, 2]
-    assert after["round"].tolist() == [1, 2, 3, 4]
+    assert after["round"].tolist() == [1, 2, 3]
     assert after.iloc[:2].equals(before)
-    assert after["labels_queried_total"].is_monotonic_increasing
-    assert read_summary(tmp_path / "run")["rounds_completed"] == 4
+    assert read_summary(run_dir)["rounds_completed"] == 3
+
+    # Assert: every client continues from the labels it bought in rounds 1-2.
+    for partition_id in range(3):
+        old, new = pools_before[partition_id], pools_after[partition_id]
+        assert int(old["trained_round"]) == 2
+        assert int(new["trained_round"]) == 3
+        assert int(new["labels_queried_total"]) > int(old["labels_queried_total"]) > 0
+        assert np.array_equal(new["labeled"][: len(old["labeled"])], old["labeled"])
+    assert after["labels_queried_total"].tolist() == uninterrupted["labels_queried_total"].tolist()
 
 
 def test_existing_run_without_resume_rejected(finished_run, data_dir):
-    run_dir, _ = finished_run
+    run_dir, _, _ = finished_run
 
     with pytest.raises(ValueError, match="resume=true"):
         run_experiment(_config(data_dir, run_dir, resume=False))

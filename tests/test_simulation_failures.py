@@ -8,11 +8,12 @@ import pytest
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
+from simulation_support import expected_labeled_fraction
+
 from metals.client.app import train as metals_train
 from metals.common.runconfig import validate_run_config
 from metals.server.app import build_server_app
 from metals.server.results import read_metrics
-
 from metals.simulation import backend_config
 
 pytestmark = pytest.mark.slow
@@ -77,6 +78,8 @@ def test_round_completes_without_bad_replies(data_dir, tmp_path, caplog):
     metrics = read_metrics(tmp_path / "run")
     assert metrics["round"].tolist() == [1, 2]
     assert np.isfinite(metrics["accuracy"]).all()
+    expected = expected_labeled_fraction(data_dir, 4, metrics["labels_queried_total"])
+    assert np.allclose(metrics["labeled_fraction"], expected)
     left_out = [r.getMessage() for r in caplog.records if r.name == "metals.server.strategy"]
     assert any("simulated device crash" in line for line in left_out)
     assert any("contain NaN or Inf" in line for line in left_out)

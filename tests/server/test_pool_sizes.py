@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from metals.server.pool_sizes import PoolSizes, initial_pool_sizes, labels_summary
+
+CONFIG = {
+    "num-clients": 4,
+    "partition": "iid",
+    "dirichlet-alpha": 0.5,
+    "seed": 3,
+    "initial-labeled-fraction": 0.2,
+    "local-test-fraction": 0.2,
+    "mode": "metals",
+}
+
+
+def test_initial_sizes_match_hand_count():
+    # Prepare: 100 rows over 4 iid clients are 25 rows each; 5 go to the
+    # local test split, and 4 of the other 20 start labeled.
+    y_train = np.arange(100) % 3
+
+    # Execute
+    sizes = initial_pool_sizes(y_train, None, CONFIG)
+
+    # Assert
+    assert sizes.rows.tolist() == [20, 20, 20, 20]
+    assert sizes.labeled.tolist() == [4, 4, 4, 4]
+
+
+def test_initial_sizes_classical_all_labeled():
+    sizes = initial_pool_sizes(np.arange(100) % 3, None, {**CONFIG, "mode": "classical"})
+
+    assert sizes.labeled.tolist() == sizes.rows.tolist()
+
+
+def test_labeled_fraction_counts_unreported_clients():
+    # Prepare: only client 0 has reported, with 6 labels bought.
+    sizes = PoolSizes(labeled=np.array([4, 4, 4, 4]), rows=np.array([20, 20, 20, 20]))
+    stats = {"0": {"labels-queried-total": 6, "labeled-pool-size": 10, "pool-size": 20}}
+
+    # Execute
+    labels, fraction = labels_summary(sizes, stats)
+
+    # Assert: (16 initial + 6 bought) / 80 pool rows
+    assert labels == 6
+    assert fraction == pytest.approx(22 / 80)
+
+
+def test_labeled_fraction_before_any_reply():
+    sizes = PoolSizes(labeled=np.array([4, 4, 4, 4]), rows=np.array([20, 20, 20, 20]))
+
+    labels, fraction = labels_summary(sizes, {})
+
+    assert labels == 0
+    assert fraction == pytest.approx(16 / 80)
+
+
+def test_labeled_fraction_sums_every_client():
+    sizes = PoolSizes(labeled=np.array([4, 4, 4, 4]), rows=np.array([20, 20, 20, 20]))
+    stats = {
+        "0": {"labels-queried-total": 6, "labeled-pool-size": 10, "pool-size": 20},
+        "3": {"labels-queried-total": 2, "labeled-pool-size": 6, "pool-size": 20},
+    }
+
+    labels, fraction = labels_summary(sizes, stats)
+
+    assert labels == 8
+    assert fraction == pytest.approx(24 / 80)
