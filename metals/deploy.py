@@ -281,18 +281,28 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def wait_for_port(host: str, port: int, process: ManagedProcess, timeout: float) -> None:
+def wait_for_port(host: str, port: int, process: ManagedProcess | None, timeout: float) -> None:
     """Wait until ``host:port`` accepts TCP connections.
+
+    Parameters
+    ----------
+    host, port : str, int
+        Address to probe.
+    process : ManagedProcess | None
+        The process that should open the port; None for a server started elsewhere.
+    timeout : float
+        Seconds to wait.
 
     Raises
     ------
     DeployError
         If ``process`` exits first or the port is not open after ``timeout`` seconds.
     """
+    name = "the SuperLink" if process is None else process.name
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        code = process.exit_code()
-        if code is not None:
+        code = None if process is None else process.exit_code()
+        if process is not None and code is not None:
             raise DeployError(
                 f"{process.name} exited with code {code} during start-up; "
                 f"last lines of {process.log_path}:\n{process.log_tail()}"
@@ -300,9 +310,8 @@ def wait_for_port(host: str, port: int, process: ManagedProcess, timeout: float)
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
             return
         time.sleep(0.2)
-    raise DeployError(
-        f"{process.name} did not open {host}:{port} within {timeout:.0f} s; see {process.log_path}"
-    )
+    where = "" if process is None else f"; see {process.log_path}"
+    raise DeployError(f"{name} did not open {host}:{port} within {timeout:.0f} s{where}")
 
 
 # ---------------------------------------------------------------------------
@@ -419,6 +428,11 @@ class Deployment:
         Object references written into the Flower app.
     startup_timeout : float, default=60.0
         Seconds to wait for the SuperLink to open its port.
+    external_superlink : str | None, default=None
+        ``HOST:PORT`` of a SuperLink started elsewhere (a server machine, a
+        container) that already has its SuperNodes. No process is started
+        then; the run is only submitted and followed. With ``tls`` the CA
+        certificate is ``certs_dir/ca.crt``.
     """
 
     run_config: Mapping[str, Any]
@@ -428,7 +442,10 @@ class Deployment:
     server_app: str = SERVER_APP
     client_app: str = CLIENT_APP
     startup_timeout: float = 60.0
+    external_superlink: str | None = None
     run_dir: Path = field(init=False)
+    address: str = field(default="", init=False)
+    root_certificates: Path | None = field(default=None, init=False)
     superlink: ManagedProcess | None = field(default=None, init=False)
     supernodes: list[ManagedProcess] = field(default_factory=list, init=False)
     submitter: ManagedProcess | None = field(default=None, init=False)
@@ -479,8 +496,37 @@ class Deployment:
             return certificates
         return create_site_certificates(self.deploy_dir / "tls", overwrite=True)
 
+    def _use_external_superlink(self, address: str) -> None:
+        """Check that the SuperLink at ``address`` answers and set up the connection to it."""
+        from metals.device import parse_superlink_address
+
+        host, port = parse_superlink_address(address)
+        if self.tls:
+            if self.certs_dir is None:
+                raise DeployError(
+                    "TLS to an external SuperLink needs the site CA: pass --certs DIR "
+                    "with the ca.crt that signed the SuperLink certificate"
+                )
+            self.root_certificates = Path(self.certs_dir).resolve() / "ca.crt"
+            if not self.root_certificates.is_file():
+                raise FileNotFoundError(f"CA certificate not found: {self.root_certificates}")
+        else:
+            logger.warning(
+                "TLS is off: traffic to the SuperLink %s is unencrypted; use --tls", address
+            )
+        wait_for_port(host, port, None, self.startup_timeout)
+        self.address = address
+        logger.info("Submitting to the SuperLink at %s", address)
+
     def start(self) -> None:
-        """Start the SuperLink, wait for its port, then start one SuperNode per client."""
+        """Start the SuperLink, wait for its port, then start one SuperNode per client.
+
+        With ``external_superlink`` set, only check that it answers.
+        """
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.external_superlink is not None:
+            self._use_external_superlink(self.external_superlink)
+            return
         num_clients = int(self.run_config["num-clients"])
         self.log_dir.mkdir(parents=True, exist_ok=True)
         homes = self.deploy_dir / "flwr-home"
@@ -499,7 +545,6 @@ class Deployment:
             "--disable-runtime-dependency-installation",
         ]
         node_tls: list[str]
-        self.root_certificates: Path | None
         if self.tls:
             certificates = self._certificates()
             superlink_command += [
@@ -560,7 +605,7 @@ class Deployment:
 
     def submit(self) -> None:
         """Write the Flower app and the connection, then start ``flwr run --stream``."""
-        if self.superlink is None:
+        if not self.address:
             raise DeployError("start() must run before submit()")
         app_dir = write_app_folder(
             self.deploy_dir / "app",
@@ -663,7 +708,7 @@ class Deployment:
             If the SuperLink or every SuperNode dies, ``flwr run`` fails,
             the timeout passes, or the run ends without ``summary.json``.
         """
-        if self.submitter is None or self.superlink is None:
+        if self.submitter is None:
             raise DeployError("submit() must run before wait()")
         deadline = None if timeout is None else time.monotonic() + timeout
         # A resumed run already has rows; only the rounds of this session are reported.
@@ -677,7 +722,7 @@ class Deployment:
             code = self.submitter.exit_code()
             if code is not None:
                 break
-            if self.superlink.exit_code() is not None:
+            if self.superlink is not None and self.superlink.exit_code() is not None:
                 raise DeployError(
                     f"the SuperLink exited with code {self.superlink.exit_code()} during "
                     f"the run; last lines of {self.superlink.log_path}:\n"
@@ -783,6 +828,7 @@ def run_deployment(
     progress: ProgressCallback | None = None,
     verbose: bool = False,
     timeout: float | None = None,
+    superlink: str | None = None,
 ) -> Path:
     """Run one experiment on a local SuperLink and ``num-clients`` SuperNodes.
 
@@ -796,6 +842,9 @@ def run_deployment(
         Called once per finished round, as ``metals run`` does.
     timeout : float | None, default=None
         Seconds before the run is abandoned.
+    superlink : str | None, default=None
+        ``HOST:PORT`` of a running SuperLink to submit to instead of starting
+        one (see ``Deployment.external_superlink``).
 
     Returns
     -------
@@ -805,7 +854,10 @@ def run_deployment(
     from metals.common.runconfig import SETTINGS, validate_run_config
 
     config = validate_run_config({k: v for k, v in run_config.items() if k in SETTINGS})
-    with Deployment(config, tls=tls, certs_dir=certs_dir, verbose=verbose) as deployment:
+    deployment = Deployment(
+        config, tls=tls, certs_dir=certs_dir, verbose=verbose, external_superlink=superlink
+    )
+    with deployment:
         deployment.start()
         deployment.submit()
         return deployment.wait(progress=progress, timeout=timeout)
@@ -834,7 +886,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 DEPLOY_HELP = """\
-usage: metals deploy [--tls] [--certs DIR] [--timeout SECONDS] [OVERRIDES ...]
+usage: metals deploy [--tls] [--certs DIR] [--timeout SECONDS] [--superlink HOST:PORT]
+                     [OVERRIDES ...]
 
 Run an experiment on a Flower SuperLink and one SuperNode per client, each an
 OS process on this machine, talking over loopback. Takes the same Hydra
@@ -847,6 +900,10 @@ options:
   --certs DIR        folder with ca.crt, server.pem and server.key
                      (python -m metals.tls DIR); default: fresh ones in deploy/tls
   --timeout SECONDS  abandon the run (and stop every process) after this long
+  --superlink HOST:PORT
+                     submit to a SuperLink that runs elsewhere, with its own
+                     SuperNodes, instead of starting processes here; the run
+                     directory must be a folder that the ServerApp's host shares
 """
 
 
@@ -858,18 +915,18 @@ def _split_deploy_options(argv: Sequence[str]) -> tuple[argparse.Namespace, list
     ValueError
         When an option lacks its value or the value is invalid.
     """
-    options = argparse.Namespace(tls=False, certs=None, timeout=None)
+    options = argparse.Namespace(tls=False, certs=None, timeout=None, superlink=None)
     rest: list[str] = []
     index = 0
     arguments = list(argv)
-    # Only the three options are parsed here; everything else (including
+    # Only --tls, --certs, --timeout and --superlink are parsed here; the rest (including
     # Hydra's -m and --cfg) passes through in its original order.
     while index < len(arguments):
         argument = arguments[index]
         name = argument.split("=", 1)[0]
         if name == "--tls":
             options.tls = True
-        elif name in ("--certs", "--timeout"):
+        elif name in ("--certs", "--timeout", "--superlink"):
             if "=" in argument:
                 value = argument.split("=", 1)[1]
             elif index + 1 < len(arguments):
@@ -879,6 +936,11 @@ def _split_deploy_options(argv: Sequence[str]) -> tuple[argparse.Namespace, list
                 raise ValueError(f"option {name} needs a value")
             if name == "--certs":
                 options.certs = Path(value)
+            elif name == "--superlink":
+                from metals.device import parse_superlink_address
+
+                parse_superlink_address(value)
+                options.superlink = value
             else:
                 try:
                     options.timeout = float(value)
@@ -924,6 +986,7 @@ def deploy_main(argv: list[str]) -> int:
             progress=ProgressPrinter(),
             verbose=verbose,
             timeout=options.timeout,
+            superlink=options.superlink,
         )
 
     try:
