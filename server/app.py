@@ -8,6 +8,7 @@ from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+
 from metals.common.runconfig import SETTINGS, validate_run_config
 from metals.server.federation import run_federation
 from metals.server.results import RoundProgress

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from metals.common.al import (
     STRATEGIES,
     entropy_scores,

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from metals.common.metrics import classification_report
 
 NAMES = ["normal", "dos", "probe"]

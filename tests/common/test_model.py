@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+
 from metals.common.model import MLP, build_model, load_numpy_state, state_to_numpy
 from metals.common.training import accuracy, embed, predict_proba, train_local
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord
+
 from metals.server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save_checkpoint
 from metals.server.results import (
     METRICS_COLUMNS,
