@@ -7,7 +7,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from metals.common.data import ClientPartition, make_client_partition, prepare_dataset
+from metals.common.data import (
+    ClientPartition,
+    PreparedData,
+    make_client_partition,
+    prepare_dataset,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +70,20 @@ def load_client_partition(
     return _cached_partition(settings, partition_id, num_partitions)
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_partition(
-    settings: tuple[tuple[str, Any], ...], partition_id: int, num_partitions: int
-) -> tuple[ClientPartition, list[str]]:
-    """Prepare the dataset and cut this client's partition; cached per process."""
+# Keys of DATA_KEYS that decide the prepared dataset (the rest only the partition).
+_PREPARE_KEYS = ("dataset", "data-dir", "labels", "seed", "val-fraction", "test-fraction")
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_prepared(settings: tuple[tuple[str, Any], ...]) -> PreparedData:
+    """Prepare the dataset (from the disk cache after the first time); cached per process.
+
+    One simulated client process serves many partitions in turn, so the
+    prepared arrays (memory-mapped from the disk cache) are kept here
+    rather than re-read, re-hashed and re-wrapped for every partition.
+    """
     config = dict(settings)
-    prepared = prepare_dataset(
+    return prepare_dataset(
         str(config["dataset"]),
         str(config["data-dir"]) or None,
         labels=str(config["labels"]),
@@ -79,6 +91,15 @@ def _cached_partition(
         val_fraction=float(config["val-fraction"]),
         test_fraction=float(config["test-fraction"]),
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_partition(
+    settings: tuple[tuple[str, Any], ...], partition_id: int, num_partitions: int
+) -> tuple[ClientPartition, list[str]]:
+    """Cut this client's partition of the prepared dataset; cached per process."""
+    config = dict(settings)
+    prepared = _cached_prepared(tuple((key, config[key]) for key in _PREPARE_KEYS))
     partition = make_client_partition(
         prepared,
         partition_id,
