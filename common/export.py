@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from metals.common.inference import PREPROCESSOR_DIR, Detector
 from metals.common.training import predict_proba
-from torch import nn
 
 logger = logging.getLogger(__name__)
 

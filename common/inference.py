@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 import torch
+
 from metals.common.data.preprocess import Preprocessor
 from metals.common.data.table import LABEL
 from metals.common.model import MLP

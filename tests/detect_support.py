@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from metals.common.data import PreparedData, prepare_dataset
 from metals.common.model import build_model
 from metals.common.runconfig import validate_run_config

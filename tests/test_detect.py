@@ -8,15 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from detect_support import TrainedRun, build_run
+
+from metals.cli import main
 from metals.common.data import ton_iot
 from metals.common.data.nsl_kdd import FEATURES
 from metals.common.data.table import LoadReport
 from metals.common.data.ton_iot import read_device_file
 from metals.common.inference import MAX_FORMAT_VERSION, RunDirError, load_detector
-from metals.server.results import FORMAT_VERSION
-
-from metals.cli import main
 from metals.detect import run_detection
+from metals.server.results import FORMAT_VERSION
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from metals.common.inference import prefetch
 from metals.common.traffic import (
     TrafficFileError,

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 from detect_support import TrainedRun, build_run
+
+from metals.cli import main
 from metals.common import export
 from metals.common.export import (
     ExportError,
@@ -15,8 +17,6 @@ from metals.common.export import (
     predict_exported,
 )
 from metals.common.inference import load_detector
-
-from metals.cli import main
 
 
 @pytest.fixture(scope="module")
