@@ -101,8 +101,8 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
                         (labels[start : start + size] != "Normal").astype(np.int64)
                     )
                 else:
-                    # Most fields are 0; the rest are small integers or
-                    # fractions, as in the capture files.
+                    # Most fields are 0 and the rest random integers: a rough
+                    # stand-in for the capture values, enough for timing.
                     values = np.where(
                         rng.random(size) < 0.6, 0.0, rng.integers(0, 65_536, size).astype(float)
                     )
@@ -227,6 +227,7 @@ def main() -> None:
 
     size_mib = csv_path.stat().st_size / 2**20
     load = os.getloadavg()[0]
+    time_ratio = prepare["seconds"] / plain["seconds"]
     growth = prepare["peak_rss_bytes"] - prepare["base_rss_bytes"]
     frame_mib = plain["frame_bytes"] / 2**20
     lines = [
@@ -246,8 +247,9 @@ def main() -> None:
         f"| cached reload (`prepare_dataset`, cache hit) | {cached['seconds']:.2f} | "
         f"{cached['peak_rss_bytes'] / 2**20:,.0f} |",
         "",
-        f"- preparation / plain read time: {prepare['seconds'] / plain['seconds']:.2f}x "
-        "(goal <= 1.5x)",
+        f"- preparation / plain read time: {time_ratio:.2f}x (goal <= 1.5x"
+        + ("" if time_ratio <= 1.5 else ", **not met in this run**")
+        + ")",
         f"- preparation peak RSS / loaded frame ({frame_mib:,.0f} MiB, `memory_usage(deep=True)`): "
         f"{prepare['peak_rss_bytes'] / plain['frame_bytes']:.2f}x (goal <= 3x); growth "
         f"above the RSS after imports ({prepare['base_rss_bytes'] / 2**20:,.0f} MiB): "
