@@ -95,6 +95,11 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "start a SuperNode for this device with its own traffic file",
         "metals.device:client_main",
     ),
+    Subcommand(
+        "report",
+        "run the METALS study grid and write docs/results.md with figures",
+        "metals.report:report_command",
+    ),
 )
 
 

@@ -1,0 +1,1 @@
+"""The METALS study: grid presets, label-efficiency measures and the results page."""
