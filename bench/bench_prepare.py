@@ -53,6 +53,7 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
     """Write a generated CSV in the Edge-IIoTset 63-column layout."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
+
     from metals.common.data.edge_iiotset import CATEGORICAL, COLUMNS
 
     rng = np.random.default_rng(seed)
@@ -116,6 +117,7 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
 def measure(step: str, data_dir: Path, cache_dir: Path) -> dict[str, float]:
     """Run one step in this process and return wall time and peak memory."""
     import pandas as pd
+
     from metals.common.data import prepare_dataset
 
     csv_path = data_dir / "edge-iiotset" / "DNN-EdgeIIoT-dataset.csv"

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+
 from metals.common.data.errors import DataError
 from metals.common.data.table import (
     LABEL,

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+
 from metals.common.data.errors import DataError
 from metals.common.data.paths import find_file
 from metals.common.data.table import (

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from metals.common.data.errors import DataError
 
 if TYPE_CHECKING:

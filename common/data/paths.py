@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import platformdirs
+
 from metals.common.data.errors import DataError
 
 logger = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from metals.common.data import cache, edge_iiotset, nsl_kdd, ton_iot
 from metals.common.data.errors import DataError
 from metals.common.data.paths import default_cache_dir, resolve_data_dir

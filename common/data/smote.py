@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+
 from metals.common.data.errors import DataError
 
 logger = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pandas as pd
+
 from metals.common.data.errors import DataError
 
 logger = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
 from metals.common.data.partition import partition_indices, split_client_pools
 from metals.common.data.prepare import PreparedData, prepare_dataset
 from metals.common.runconfig import SETTINGS, validate_run_config

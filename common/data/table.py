@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from metals.common.data.errors import DataError
 
 logger = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from metals.common.data.errors import DataError
 from metals.common.data.table import (
     GROUP,

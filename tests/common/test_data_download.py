@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from metals.common.data import DataError
 from metals.common.data.download import FILES, download_dataset
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from metals.common.data import DataError, prepare_dataset
 from metals.common.data.edge_iiotset import (
     CATEGORICAL,

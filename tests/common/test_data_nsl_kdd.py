@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from metals.common.data import DataError, prepare_dataset
 from metals.common.data.nsl_kdd import FAMILIES, read_nsl_kdd_file
 from metals.common.data.table import LoadReport

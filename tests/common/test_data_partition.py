@@ -4,6 +4,7 @@ import logging
 
 import numpy as np
 import pytest
+
 from metals.common.data import (
     DataError,
     PreparedData,

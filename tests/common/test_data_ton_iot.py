@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from metals.common.data import DataError, partition_indices, prepare_dataset
 from metals.common.data.summary import describe_federation
 from metals.common.data.table import LoadReport
