@@ -381,7 +381,10 @@ def detect_chunks(
         x = detector.features(frame)
         probabilities = detector.predict_proba(x)
         predicted = probabilities.argmax(axis=1)
-        true = _true_classes(detector, frame[label]) if has_label else None
+        true = None
+        if has_label and len(frame):
+            true = _true_classes(detector, frame[label], first_line=int(chunk.lines[0]))
+            has_label = true is not None
         yield ChunkPrediction(
             lines=chunk.lines,
             predicted=predicted.astype(np.int64),
@@ -445,12 +448,16 @@ def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
         worker.join()
 
 
-def _true_classes(detector: Detector, labels: pd.Series) -> np.ndarray | None:
+def _true_classes(detector: Detector, labels: pd.Series, *, first_line: int) -> np.ndarray | None:
     """Map the file's own labels to class indices, or None when a label has no class."""
     from metals.common.data.errors import DataError
 
     try:
         return detector.preprocessor.encode_labels(labels)
     except DataError as error:
-        logger.warning("the file's labels cannot be scored against the model: %s", error)
+        logger.warning(
+            "the file's labels from line %s on are not scored against the model: %s",
+            first_line,
+            error,
+        )
         return None

@@ -364,3 +364,22 @@ def test_ton_iot_file_without_device_columns_rejected(ton_run: TrainedRun, tmp_p
     assert code == 1
     assert "missing columns the model needs" in err
     assert "(fridge_temperature, temp_condition)" in err
+
+
+def test_unknown_label_stops_scoring(nsl_run: TrainedRun, kdd_test: Path, tmp_path, caplog):
+    # Prepare
+    lines = kdd_lines(kdd_test, 30)
+    fields = lines[24].split(",")
+    fields[41] = "zeroday"  # line 25: an attack name no mapping has
+    lines[24] = ",".join(fields)
+    traffic = write_lines(tmp_path / "zeroday.csv", lines)
+    detector = load_detector(nsl_run.run_dir)
+
+    # Execute
+    summary = run_detection(detector, traffic, out=None, chunk_size=10)
+
+    # Assert
+    assert summary.predicted == 30
+    assert summary.labelled == 20
+    assert "labels from line 21 on are not scored" in caplog.text
+    assert "zeroday" in caplog.text
