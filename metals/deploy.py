@@ -2,9 +2,9 @@
 
 ``metals deploy`` starts one ``flower-superlink`` and one ``flower-supernode``
 per client on loopback, each SuperNode with its own ``partition-id`` in its
-node config, submits the run with ``flwr run --stream``, reports each round as
-the ServerApp appends it to ``metrics.csv``, and stops every process it
-started, also on Ctrl-C, on SIGTERM and on failure. The run directory is the
+node config. It submits the run with ``flwr run --stream`` and reports each
+round as the ServerApp appends it to ``metrics.csv``. Every process it
+started is stopped at the end, also on Ctrl-C, on SIGTERM and on failure. The run directory is the
 one ``metals run`` writes; ``deploy/`` inside it holds the generated Flower
 app, the Flower home folders, the TLS files and one log per process.
 """
@@ -36,9 +36,9 @@ LOOPBACK = "127.0.0.1"
 SERVER_APP = "metals.server.app:app"
 CLIENT_APP = "metals.client.app:app"
 
-# Flower contacts flower.ai for telemetry and update checks unless told not
-# to, and installs app dependencies with `uv sync` at run time. metals runs
-# offline with everything installed, so every process it starts gets these.
+# By default Flower sends telemetry and update checks to flower.ai, and
+# installs app dependencies with `uv sync` at run time. metals runs offline
+# with everything installed, so every process it starts gets these settings.
 FLOWER_OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -68,8 +68,8 @@ class DeployError(RuntimeError):
 def find_free_port(host: str = LOOPBACK) -> int:
     """Return a TCP port on ``host`` that is free right now.
 
-    NOTE: another process may take the port between this call and the bind
-    of the Flower process; a start-up failure then names the port in its log.
+    NOTE: another process may take the port before the Flower process binds
+    it. The start-up failure then names the port in its log.
     """
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.bind((host, 0))
@@ -328,7 +328,7 @@ def write_app_folder(
 ) -> Path:
     """Write the minimal Flower app that ``flwr run`` packages and submits.
 
-    The app holds no code: ``[tool.flwr.app.components]`` points at the
+    The app contains no code: ``[tool.flwr.app.components]`` points at the
     installed metals, which every SuperLink and SuperNode host must have, and
     ``[tool.flwr.app.config]`` carries the whole run config, so ``flwr run``
     needs no ``--run-config``.
@@ -497,7 +497,7 @@ class Deployment:
         return create_site_certificates(self.deploy_dir / "tls", overwrite=True)
 
     def _use_external_superlink(self, address: str) -> None:
-        """Check that the SuperLink at ``address`` answers and set up the connection to it."""
+        """Check that the SuperLink at ``address`` accepts connections; keep its address."""
         from metals.device import parse_superlink_address
 
         host, port = parse_superlink_address(address)
@@ -521,7 +521,7 @@ class Deployment:
     def start(self) -> None:
         """Start the SuperLink, wait for its port, then start one SuperNode per client.
 
-        With ``external_superlink`` set, only check that it answers.
+        With ``external_superlink`` set, only check that it accepts connections.
         """
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.external_superlink is not None:
@@ -756,8 +756,8 @@ class Deployment:
         """Call ``progress`` for ``metrics.csv`` rows after the first ``rows_seen``.
 
         A row waits until the stream has shown that round's sampled and
-        aggregated counts, unless ``final`` is set (the run has ended); its
-        counts are then -1 when the stream never showed them.
+        aggregated counts, unless ``final`` is set because the run has ended.
+        Counts that the stream never showed are reported as -1.
         """
         rows = read_complete_rows(self.run_dir / "metrics.csv")
         while rows_seen < len(rows):
@@ -901,9 +901,10 @@ options:
                      (python -m metals.tls DIR); default: fresh ones in deploy/tls
   --timeout SECONDS  abandon the run (and stop every process) after this long
   --superlink HOST:PORT
-                     submit to a SuperLink that runs elsewhere, with its own
-                     SuperNodes, instead of starting processes here; the run
-                     directory must be a folder that the ServerApp's host shares
+                     submit to a SuperLink that runs elsewhere with its own
+                     SuperNodes, instead of starting processes here. The
+                     ServerApp's host writes the run directory, so submit from
+                     that host or from one that shares the folder
 """
 
 

@@ -4,8 +4,8 @@ On a device such as a Raspberry Pi, ``metals client --superlink HOST:PORT
 --data PATH`` starts ``flower-supernode`` in the foreground with node config
 ``data-path=PATH``, so the ClientApp trains on this device's records only.
 All experiment settings arrive from the server with each message. Without
-``--tls ROOT_CERT`` the connection is unencrypted, and the command says so in
-its log.
+``--tls ROOT_CERT`` the connection is unencrypted, and the command logs a
+warning about it.
 
 This module imports nothing from ``metals.server``: a device image ships
 without server code.

@@ -164,6 +164,7 @@ def test_app_folder_is_a_valid_flower_app(tmp_path: Path) -> None:
     from io import BytesIO
 
     from flwr.cli.build import build_fab_from_disk
+
     from metals.common.runconfig import validate_run_config
 
     # Prepare

@@ -1,9 +1,9 @@
 """Static checks of docker-compose.yml and the Dockerfiles against the installed Flower CLI.
 
-No Docker engine runs here, so these tests read the files: they parse, every
-service's command uses flags that the installed Flower programs accept (as
-their ``--help`` lists them), partition ids cover 0..N-1 once each, and
-addresses, ports and volumes agree between services.
+No Docker engine runs here, so these tests read the files. They check that
+the files parse and that every service's command uses flags that the
+installed Flower program lists in its ``--help``. Partition ids must cover
+0..N-1 once each, and addresses, ports and volumes must agree between services.
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def test_data_mounted_read_only() -> None:
     submit = overrides_of(command_of(services()["submit"]))
     data_dir = submit["data_dir"]
 
-    # Assert: every process that reads data sees the same read-only folder.
+    # Assert: every process that reads data mounts the same folder read-only.
     for name in ["serverapp", "submit", *services_with_role("clientapp")]:
         mounts = [str(volume).split(":") for volume in services()[name].get("volumes", [])]
         data_mounts = [mount for mount in mounts if mount[-2:] == [data_dir, "ro"]]
