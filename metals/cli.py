@@ -323,6 +323,12 @@ def run_with_hydra(
     -------
     int
         0 when every job finished, 2 when a value was invalid.
+
+    Raises
+    ------
+    SystemExit
+        With code 1 when a job fails on missing or malformed data, a failed
+        round or unreadable results; the message names the log file.
     """
     from metals.config import ConfigError
 
@@ -338,7 +344,9 @@ def run_with_hydra(
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
+    from metals.common.data import DataError
     from metals.config import to_run_config
+    from metals.tables import ResultsError
 
     run_dirs: list[Path] = []
     sweep_dirs: list[Path] = []
@@ -356,8 +364,18 @@ def run_with_hydra(
 
         verbose = container.get("verbose") is True
         _route_console_logs(verbose)
-        run_dir = execute(run_config, verbose)
-        _report_run(run_dir)
+        try:
+            run_dir = execute(run_config, verbose)
+            _report_run(run_dir)
+        except (DataError, ResultsError, RuntimeError) as error:
+            # Expected failures (missing data, a failed round) get one line on the
+            # console; the traceback goes to metals.log in the run directory.
+            logging.getLogger(__name__).info("metals %s failed", name, exc_info=True)
+            sys.stderr.write(
+                f"metals {name}: {error}\n(details in {hydra_config.runtime.output_dir}"
+                f"/{hydra_config.job.name}.log)\n"
+            )
+            raise SystemExit(1) from None
         run_dirs.append(run_dir)
         if hydra_config.mode is not None and hydra_config.mode.name == "MULTIRUN":
             sweep_dirs.append(Path(hydra_config.sweep.dir))

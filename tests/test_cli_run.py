@@ -167,3 +167,19 @@ def test_run_simulation_on_nsl_kdd(tmp_path, capsys):
     assert (tmp_path / "metrics.csv").is_file()
     assert (tmp_path / "results.md").is_file()
     assert (tmp_path / "accuracy_vs_labels.png").is_file()
+
+
+def test_missing_data_one_line_exit_1(tmp_path, capsys):
+    # Prepare
+    run_dir = tmp_path / "run"
+
+    # Execute
+    with pytest.raises(SystemExit) as caught:
+        main(["centralized", f"hydra.run.dir={run_dir}", f"data_dir={tmp_path / 'empty'}"])
+
+    # Assert
+    err = capsys.readouterr().err
+    assert caught.value.code == 1
+    assert "not found" in err
+    assert "Traceback" not in err
+    assert "Traceback" in (run_dir / "metals.log").read_text()
