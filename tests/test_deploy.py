@@ -26,7 +26,6 @@ from metals.deploy import (
     find_free_port,
     flower_environment,
     read_complete_rows,
-    run_deployment,
     wait_for_port,
     write_app_folder,
     write_connection,
@@ -332,7 +331,7 @@ def test_missing_superlink_port_times_out(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_deploy_command_runs_two_rounds(
+def test_deploy_command_two_rounds_tls(
     tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Prepare
@@ -346,6 +345,7 @@ def test_deploy_command_runs_two_rounds(
         f"hydra.run.dir={run_dir}",
         "--timeout",
         "240",
+        "--tls",
     ]
 
     # Execute
@@ -366,7 +366,13 @@ def test_deploy_command_runs_two_rounds(
     for name in ("superlink", "supernode-0", "supernode-1", "supernode-2", "flwr-run"):
         assert (logs / f"{name}.log").stat().st_size > 0, name
     assert "round 2/2 | clients 3/3" in output.out
-    assert "unencrypted" in output.out + output.err
+
+    # Assert: TLS on every connection to the SuperLink.
+    assert "unencrypted" not in output.out + output.err
+    assert (run_dir / "deploy" / "tls" / "ca.crt").is_file()
+    assert "Uvicorn running on https://" in (logs / "superlink.log").read_text()
+    for node in range(3):
+        assert "insecure" not in (logs / f"supernode-{node}.log").read_text().lower()
 
 
 @pytest.mark.slow
@@ -409,26 +415,11 @@ def test_deploy_survives_killed_supernode(
     assert deployment.supernodes[2].exit_code() == -signal.SIGKILL
     assert deployment.missing_replies >= 1
     assert "supernode-2 exited with code -9" in caplog.text
+    assert "TLS is off: traffic between the SuperLink and the SuperNodes is unencrypted" in (
+        caplog.text
+    )
     assert "sent no valid reply" in caplog.text
     assert not any(group_alive(pgid) for pgid in groups)
-    assert processes_using(run_dir) == []
-
-
-@pytest.mark.slow
-def test_deploy_with_tls(tmp_path: Path, data_dir: Path) -> None:
-    # Prepare
-    config = {**TINY, "num-rounds": 1, "data-dir": str(data_dir), "run-dir": str(tmp_path / "run")}
-
-    # Execute
-    run_dir = run_deployment(config, tls=True, timeout=240)
-
-    # Assert
-    logs = run_dir / "deploy" / "logs"
-    assert (run_dir / "summary.json").is_file()
-    assert "Uvicorn running on https://" in (logs / "superlink.log").read_text()
-    assert "--insecure" not in (logs / "superlink.log").read_text()
-    assert "insecure" not in (logs / "supernode-0.log").read_text().lower()
-    assert (run_dir / "deploy" / "tls" / "ca.crt").is_file()
     assert processes_using(run_dir) == []
 
 
