@@ -851,9 +851,9 @@ def run_deployment(
     Path
         The run directory with metrics.csv, summary.json, model.pt and ``deploy/logs``.
     """
-    from metals.common.runconfig import SETTINGS, validate_run_config
+    from metals.common.runconfig import validate_run_config
 
-    config = validate_run_config({k: v for k, v in run_config.items() if k in SETTINGS})
+    config = validate_run_config(run_config)
     deployment = Deployment(
         config, tls=tls, certs_dir=certs_dir, verbose=verbose, external_superlink=superlink
     )

@@ -26,6 +26,7 @@ from metals.deploy import (
     find_free_port,
     flower_environment,
     read_complete_rows,
+    run_deployment,
     wait_for_port,
     write_app_folder,
     write_connection,
@@ -217,6 +218,13 @@ def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.Monk
     assert deployment.run_dir == tmp_path / "out"
     assert deployment.run_config["run-dir"] == str(tmp_path / "out")
     assert deployment.run_config["data-dir"] == str(tmp_path / "data")
+
+
+def test_unknown_key_rejected_before_start(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown run-config key 'num-client'"):
+        run_deployment({"num-client": 3, "run-dir": str(tmp_path / "run")})
+
+    assert not (tmp_path / "run").exists()
 
 
 def test_metrics_rows_skip_half_written_line(tmp_path: Path) -> None:
