@@ -1,10 +1,10 @@
 """Run the services of docker-compose.yml as local processes, as `docker compose up` would.
 
 No Docker engine runs here. This test takes every service's program and
-command from the compose file, maps container host names and ports to free
-loopback ports and the volumes to temporary folders, and runs the whole
-topology (process isolation, separate ServerApp and ClientApp runners, the
-submit job) for one round on NSL-KDD.
+command from the compose file and maps container host names and ports to
+free loopback ports, and the volumes to temporary folders. It then runs the
+whole topology for one round on NSL-KDD: process isolation, separate
+ServerApp and ClientApp runners, and the submit job.
 """
 
 from __future__ import annotations
