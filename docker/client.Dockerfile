@@ -4,6 +4,9 @@
 # Build from the repository root for a PC (amd64) and a Raspberry Pi 4/5 (arm64):
 #   docker buildx build --platform linux/amd64,linux/arm64 \
 #     -f docker/client.Dockerfile -t metals-client .
+# NOTE: not built on the development machines (no Docker engine there). The
+# base tag follows Flower's image naming; the COPY and pip steps assume the
+# image's default user may write to /app and to its Python environment.
 ARG FLWR_VERSION=1.42.0
 FROM flwr/superexec:${FLWR_VERSION}
 

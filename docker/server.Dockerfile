@@ -6,6 +6,9 @@
 #     -f docker/server.Dockerfile -t metals-server .
 # docker-compose.yml also runs `metals deploy --superlink ...` from this image
 # to submit the experiment.
+# NOTE: not built on the development machines (no Docker engine there). The
+# base tag follows Flower's image naming; the COPY and pip steps assume the
+# image's default user may write to /app and to its Python environment.
 ARG FLWR_VERSION=1.42.0
 FROM flwr/superexec:${FLWR_VERSION}
 
