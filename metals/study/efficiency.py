@@ -86,8 +86,8 @@ def compare_to_random(strategy: Sequence[float], random: Sequence[float]) -> str
     """Return ``"beats random"``, ``"below random"`` or ``"no clear difference"``.
 
     The AL strategy beats random when its mean area exceeds random's by
-    more than the larger of the two seed standard deviations, and is below
-    random when it trails by more than that; otherwise the difference is
+    more than the larger of the two seed standard deviations. It is below
+    random when it trails by more than that. Otherwise the difference is
     within the spread over seeds. With one seed per side, any difference counts.
 
     Parameters

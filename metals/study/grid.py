@@ -71,7 +71,7 @@ def parse_strategy(text: str) -> Strategy:
 
 @dataclass(frozen=True)
 class Partition:
-    """How training rows are spread: ``iid``, ``natural`` or ``dirichlet`` with ``alpha``."""
+    """Spread of the training rows over clients: ``iid``, ``natural`` or ``dirichlet``."""
 
     name: str
     alpha: float = 0.0
@@ -122,8 +122,8 @@ class Cell:
     @property
     def label(self) -> str:
         """Display name such as ``FedAvg, margin`` or ``FedProx(0.5), classical FL``."""
-        what = "classical FL" if self.mode == "classical" else self.al
-        return f"{self.strategy.label}, {what}"
+        method = "classical FL" if self.mode == "classical" else self.al
+        return f"{self.strategy.label}, {method}"
 
     @property
     def slug(self) -> str:

@@ -216,12 +216,12 @@ def verdict_sentences(measures: Sequence[Efficiency], partition: Partition) -> l
     sentences = []
     for measure in measures:
         if measure.verdict in ("no clear difference", "below random"):
-            what = (
+            finding = (
                 "does not beat random sampling: its area is within the spread over seeds"
                 if measure.verdict == "no clear difference"
                 else "is below random sampling"
             )
-            sentences.append(f"- {partition.label}, {measure.result.cell.label} {what}.")
+            sentences.append(f"- {partition.label}, {measure.result.cell.label} {finding}.")
     return sentences
 
 
@@ -259,15 +259,18 @@ def plot_label_efficiency(
             if len(accuracy) > 1:
                 spread = accuracy.std(axis=0, ddof=1)
                 axis.fill_between(shares, mean - spread, mean + spread, alpha=0.15)
+
         full = references.get("FedAvg")
         if full is not None and not math.isnan(full):
             axis.axhline(full, color="black", linewidth=1, label="classical FL (all labels)")
             axis.axhline(
                 TARGET_SHARE * full, color="black", linestyle=":", linewidth=1, label="99% of it"
             )
+
         axis.set_title(f"{partition.label}, FedAvg")
         axis.set_xlabel("labeled share of all clients' pools")
         axis.grid(alpha=0.3)
+
     axes[0][0].set_ylabel("global accuracy (mean ± sd over seeds)")
     axes[0][-1].legend(fontsize=8, loc="lower right")
     figure.suptitle(title)
