@@ -174,43 +174,129 @@ def _check_header_and_tail(path: Path) -> None:
         )
 
 
-def _numeric_column(
-    column: pa.ChunkedArray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return float64 values and a text mask for a column of strings.
+# pyarrow's message when a value does not convert to the requested column type.
+_CONVERSION_ERROR = "CSV conversion error"
+_READ_COLUMNS = [name for name in COLUMNS if name not in NOT_READ]
+_TEXT = pa.dictionary(pa.int32(), pa.string())
+# The fast read parses numbers while it parses the file; a file with text in
+# a numeric column (shifted or mixed-type rows) is read again as text.
+_TYPED_COLUMNS = {
+    name: (_TEXT if name in CATEGORICAL or name == ATTACK_TYPE else pa.float64())
+    for name in _READ_COLUMNS
+}
+_TEXT_COLUMNS = dict.fromkeys(_READ_COLUMNS, pa.string())
 
-    Empty strings become NaN (not text). A value that is not a number is NaN
-    in the values and True in the mask.
+
+def _read_table(path: Path, column_types: dict[str, pa.DataType], malformed: list[int]) -> pa.Table:
+    """Parse the listed columns of ``path``; lines of the wrong width are skipped.
+
+    Raises
+    ------
+    pyarrow.ArrowInvalid
+        If a value does not convert to its column's type.
+    DataError
+        If the file cannot be parsed as CSV.
+    """
+
+    def skip_malformed(row: pacsv.InvalidRow) -> str:
+        malformed.append(row.number or -1)
+        return "skip"
+
+    try:
+        return pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(use_threads=True, block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=skip_malformed),
+            convert_options=pacsv.ConvertOptions(
+                column_types=column_types,
+                include_columns=list(column_types),
+                strings_can_be_null=True,
+                null_values=[""],
+            ),
+        )
+    except pa.ArrowInvalid as error:
+        if _CONVERSION_ERROR in str(error):
+            raise
+        raise DataError(f"{path}: cannot parse the file as CSV ({error})") from None
+
+
+def _read_columns(path: Path, malformed: list[int]) -> pa.Table:
+    """Read with numeric columns as float64, or every column as text if that fails."""
+    try:
+        return _read_table(path, _TYPED_COLUMNS, malformed)
+    except pa.ArrowInvalid as error:
+        logger.info("%s: reading every column as text (%s)", path, error)
+    malformed.clear()
+    return _read_table(path, _TEXT_COLUMNS, malformed)
+
+
+def _fill_numeric(column: pa.ChunkedArray, out: np.ndarray) -> np.ndarray | None:
+    """Write a column's values as float64 into ``out`` and return its text mask.
+
+    Empty values become NaN and are not text. A value that is not a number
+    becomes NaN and is True in the returned mask; ``None`` means no text.
     """
     try:
-        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-        return values, np.zeros(len(values), dtype=bool)
+        numbers = pc.cast(column, pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    strings = column.to_pandas()
-    converted = pd.to_numeric(strings, errors="coerce").to_numpy(dtype=np.float64)
-    blank = strings.isna().to_numpy() | (strings.str.strip() == "").to_numpy()
-    return converted, np.isnan(converted) & ~blank
+        strings = column.to_pandas()
+        out[:] = pd.to_numeric(strings, errors="coerce").to_numpy(dtype=np.float64)
+        blank = strings.isna().to_numpy() | (strings.str.strip() == "").to_numpy()
+        return np.isnan(out) & ~blank
+    start = 0
+    for chunk in numbers.chunks:
+        out[start : start + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+        start += len(chunk)
+    return None
 
 
-def _categorical_column(column: pa.ChunkedArray) -> pd.Categorical:
-    """Return stripped strings with numbers in one spelling (``0`` and ``0.0`` alike).
+def _text_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """Return category codes (-1 for empty) and the sorted, trimmed distinct values.
 
-    The column is dictionary-encoded first, so the spelling fix runs once per
-    distinct value, not once per row.
+    The trimming and the number spelling (``0`` and ``0.0`` alike) run on
+    each chunk's dictionary, so once per distinct value, not once per row.
     """
-    encoded = pc.utf8_trim_whitespace(column).combine_chunks().dictionary_encode()
-    indices = encoded.indices.to_numpy(zero_copy_only=False)
-    valid = encoded.is_valid().to_numpy(zero_copy_only=False)
-    dictionary = pd.Series(encoded.dictionary.to_pylist(), dtype="object")
-    as_number = pd.to_numeric(dictionary, errors="coerce").astype("float64")
-    spelled = dictionary.where(as_number.isna(), as_number.astype(str)).astype(str)
-    categories = sorted(set(spelled))
+    chunks = [
+        chunk if pa.types.is_dictionary(chunk.type) else chunk.dictionary_encode()
+        for chunk in column.chunks
+    ]
+    spelled = [_spell(chunk.dictionary) for chunk in chunks]
+    categories = sorted(set().union(*spelled))
     position = {name: code for code, name in enumerate(categories)}
-    remap = np.array([position[name] for name in spelled], dtype=np.int64)
-    codes = np.full(len(indices), -1, dtype=np.int64)
-    codes[valid] = remap[indices[valid].astype(np.int64)]
-    return pd.Categorical.from_codes(codes, categories=categories)
+    codes = np.full(len(column), -1, dtype=np.int32)
+    start = 0
+    for chunk, names in zip(chunks, spelled, strict=True):
+        # Empty values index the trailing -1.
+        remap = np.array([position[name] for name in names] + [-1], dtype=np.int32)
+        indices = chunk.indices.fill_null(len(names)).to_numpy(zero_copy_only=False)
+        codes[start : start + len(chunk)] = remap[indices]
+        start += len(chunk)
+    return codes, categories
+
+
+def _spell(dictionary: pa.Array) -> list[str]:
+    """Return trimmed values with numbers in one spelling (``0`` and ``0.0`` alike)."""
+    values = pd.Series(pc.utf8_trim_whitespace(dictionary).to_pylist(), dtype="object")
+    as_number = pd.to_numeric(values, errors="coerce").astype("float64")
+    return values.where(as_number.isna(), as_number.astype(str)).astype(str).tolist()
+
+
+def _check_labels(column: pa.ChunkedArray, path: Path) -> np.ndarray:
+    """Return each row's position in ``CLASSES_15``; raise on an empty or unknown label."""
+    codes, names = _text_codes(column)
+    if np.any(codes < 0) or not set(names) <= set(CLASSES_15):
+        labels = column.to_pandas().astype("string").str.strip()
+        check_label_names(labels.fillna("<empty>"), dict.fromkeys(CLASSES_15), path)
+    remap = np.array([CLASSES_15.index(name) for name in names], dtype=np.int8)
+    return remap[codes]
+
+
+def _keep_rows(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Return the rows of a Fortran-ordered (n_rows, n_columns) matrix where ``keep`` is True."""
+    kept = np.empty((int(np.count_nonzero(keep)), values.shape[1]), order="F")
+    for position in range(values.shape[1]):
+        np.compress(keep, values[:, position], out=kept[:, position])
+    return kept
 
 
 def read_edge_iiotset_file(path: Path, report: LoadReport) -> pd.DataFrame:
@@ -231,8 +317,8 @@ def read_edge_iiotset_file(path: Path, report: LoadReport) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Numeric features (float64), categorical features (category dtype)
-        and the attack type in column ``label``.
+        Numeric features (float64, one block), categorical features and the
+        attack type in column ``label`` (category dtype).
 
     Raises
     ------
@@ -242,26 +328,7 @@ def read_edge_iiotset_file(path: Path, report: LoadReport) -> pd.DataFrame:
     """
     _check_header_and_tail(path)
     malformed: list[int] = []
-
-    def skip_malformed(row: pacsv.InvalidRow) -> str:
-        malformed.append(row.number or -1)
-        return "skip"
-
-    read_columns = [name for name in COLUMNS if name not in NOT_READ]
-    try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(use_threads=True, block_size=1 << 24),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=skip_malformed),
-            convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(read_columns, pa.string()),
-                include_columns=read_columns,
-                strings_can_be_null=True,
-                null_values=[""],
-            ),
-        )
-    except pa.ArrowInvalid as error:
-        raise DataError(f"{path}: cannot parse the file as CSV ({error})") from None
+    table = _read_columns(path, malformed)
     table = table.rename_columns([name.strip() for name in table.column_names])
     rows = table.num_rows
     report.files.append(str(path))
@@ -277,42 +344,77 @@ def read_edge_iiotset_file(path: Path, report: LoadReport) -> pd.DataFrame:
     if rows == 0:
         raise DataError(f"{path}: the file contains no records; download or copy it again")
 
-    labels = table.column(ATTACK_TYPE).to_pandas().astype("string").str.strip()
-    check_label_names(labels.fillna("<empty>"), dict.fromkeys(CLASSES_15), path)
+    label_codes = _check_labels(table.column(ATTACK_TYPE), path)
 
     # Text in any numeric column means the row is shifted or mixed-type.
+    # Columns are filled one by one into a Fortran-ordered matrix, which
+    # becomes the frame's single float64 block without a copy.
     shifted = np.zeros(rows, dtype=bool)
+    scratch = np.empty(rows)
     for name in SHIFT_CHECK:
-        _, text = _numeric_column(table.column(name))
-        report.drop(f"shifted row (text in {name})", int(np.count_nonzero(text & ~shifted)))
-        shifted |= text
-    frame = pd.DataFrame(index=pd.RangeIndex(rows))
-    for name in NUMERIC:
-        values, text = _numeric_column(table.column(name))
-        report.drop(f"shifted row (text in {name})", int(np.count_nonzero(text & ~shifted)))
-        shifted |= text
-        frame[name] = values
-    for name in CATEGORICAL:
-        frame[name] = _categorical_column(table.column(name))
-    attack_label, _ = _numeric_column(table.column(ATTACK_LABEL))
+        text = _fill_numeric(table.column(name), scratch)
+        if text is not None:
+            report.drop(f"shifted row (text in {name})", int(np.count_nonzero(text & ~shifted)))
+            shifted |= text
+    numbers = np.empty((rows, len(NUMERIC)), order="F")
+    for position, name in enumerate(NUMERIC):
+        text = _fill_numeric(table.column(name), numbers[:, position])
+        if text is not None:
+            report.drop(f"shifted row (text in {name})", int(np.count_nonzero(text & ~shifted)))
+            shifted |= text
+    categorical = {name: _text_codes(table.column(name)) for name in CATEGORICAL}
+    attack_label = scratch
+    _fill_numeric(table.column(ATTACK_LABEL), attack_label)
     del table
+    frame = _build_frame(numbers, categorical, label_codes)
     check_empty_columns(frame, NUMERIC + CATEGORICAL, path)
 
     # Infinite values count as missing, as in the authors' preprocessing.
-    numbers = frame[NUMERIC].to_numpy()
-    missing = ~shifted & (
-        ~np.isfinite(numbers).all(axis=1) | frame[CATEGORICAL].isna().any(axis=1).to_numpy()
-    )
+    missing = ~np.isfinite(numbers).all(axis=1)
+    for codes, _ in categorical.values():
+        missing |= codes < 0
+    missing &= ~shifted
     report.drop("NaN, inf or empty value", int(np.count_nonzero(missing)))
-    contradicts = ~shifted & ~missing & ((attack_label == 0) != (labels == "Normal").to_numpy())
+    is_normal = label_codes == CLASSES_15.index("Normal")
+    contradicts = ~shifted & ~missing & ((attack_label == 0) != is_normal)
     report.drop("Attack_label contradicts Attack_type", int(np.count_nonzero(contradicts)))
 
     keep = ~(shifted | missing | contradicts)
-    frame[LABEL] = labels.to_numpy()
-    frame = frame.loc[keep].reset_index(drop=True)
-    for name in CATEGORICAL:
-        frame[name] = frame[name].cat.remove_unused_categories()
+    if not keep.all():
+        categorical = {name: (codes[keep], names) for name, (codes, names) in categorical.items()}
+        frame = _build_frame(_keep_rows(numbers, keep), categorical, label_codes[keep])
     logger.info("read %s: %s rows, %s kept", path, report.rows_read, len(frame))
+    return frame
+
+
+def _build_frame(
+    numbers: np.ndarray,
+    categorical: dict[str, tuple[np.ndarray, list[str]]],
+    label_codes: np.ndarray,
+) -> pd.DataFrame:
+    """Return the frame of numeric, categorical and label columns, sharing ``numbers``.
+
+    Parameters
+    ----------
+    numbers : numpy.ndarray
+        float64, shape (n_rows, len(NUMERIC)), Fortran-ordered so that it
+        becomes the frame's numeric block without a copy.
+    categorical : dict[str, tuple[numpy.ndarray, list[str]]]
+        Per categorical column, codes of shape (n_rows,) (-1 for empty) and
+        the category names.
+    label_codes : numpy.ndarray
+        Position of each row's attack type in ``CLASSES_15``, shape (n_rows,).
+    """
+    frame = pd.DataFrame(numbers, columns=list(NUMERIC), copy=False)
+    for name, (codes, names) in categorical.items():
+        # Keep only the categories that occur, so that dropped rows leave none behind.
+        used = np.bincount(codes[codes >= 0], minlength=len(names)) > 0
+        remap = np.full(len(names) + 1, -1, dtype=np.int32)
+        remap[np.flatnonzero(used)] = np.arange(np.count_nonzero(used), dtype=np.int32)
+        kept = [category for category, present in zip(names, used, strict=True) if present]
+        # Code -1 (empty) indexes the trailing -1 of remap.
+        frame[name] = pd.Categorical.from_codes(remap[codes], categories=kept)
+    frame[LABEL] = pd.Categorical.from_codes(label_codes, categories=CLASSES_15)
     return frame
 
 

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 # Bump when a change to loading or preprocessing changes the prepared arrays,
 # so that old cache entries are not reused.
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -196,27 +196,28 @@ def _prepare_raw(
     duplicates = {"train": removed}
     y_all = preprocessor.encode_labels(train_frame[LABEL])
 
+    # Splits are row positions into the frames, so no split is copied as a frame.
+    test_rows: np.ndarray | None
     if raw.test is not None:
         train_rows, val_rows = stratified_split(y_all, [val_fraction], seed=seed)
         test_frame, removed_test = drop_duplicates(raw.test, features + [LABEL])
         duplicates["test"] = removed_test
+        test_rows = None
     else:
         train_rows, val_rows, test_rows = stratified_split(
             y_all, [val_fraction, test_fraction], seed=seed
         )
-        test_frame = train_frame.iloc[test_rows]
-    val_frame = train_frame.iloc[val_rows]
-    fit_frame = train_frame.iloc[train_rows]
-    if len(fit_frame) == 0:
+        test_frame = train_frame
+    if len(train_rows) == 0:
         raise DataError(f"dataset {raw.name!r} has no training rows left after cleaning")
 
-    preprocessor.fit(fit_frame)
-    x_train, y_train, _ = preprocessor.transform_counted(fit_frame)
-    x_val, y_val, clipped_val = preprocessor.transform_counted(val_frame)
-    x_test, y_test, clipped_test = preprocessor.transform_counted(test_frame)
+    preprocessor.fit(train_frame, train_rows)
+    x_train, y_train, _ = preprocessor.transform_counted(train_frame, train_rows)
+    x_val, y_val, clipped_val = preprocessor.transform_counted(train_frame, val_rows)
+    x_test, y_test, clipped_test = preprocessor.transform_counted(test_frame, test_rows)
     for split, count, rows in (
-        ("validation", clipped_val, len(val_frame)),
-        ("test", clipped_test, len(test_frame)),
+        ("validation", clipped_val, len(y_val)),
+        ("test", clipped_test, len(y_test)),
     ):
         if count:
             logger.info(
@@ -227,7 +228,7 @@ def _prepare_raw(
                 rows,
             )
 
-    groups = fit_frame[GROUP].to_numpy(dtype=str) if has_groups else None
+    groups = train_frame[GROUP].to_numpy(dtype=str)[train_rows] if has_groups else None
     report = raw.report.to_dict()
     report["duplicates_removed"] = duplicates
     report["clipped"] = {"val": clipped_val, "test": clipped_test}

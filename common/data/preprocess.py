@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 
 _STATE_FILE = "preprocessor.json"
 _VERSION = 1
+# Rows per block when scaling; 65,536 rows of 40 float64 columns are 20 MiB.
+_BLOCK_ROWS = 1 << 16
 
 
 class Preprocessor:
@@ -64,40 +66,43 @@ class Preprocessor:
             names.extend(f"{column}={category}" for category in self.categories_[column])
         return names
 
-    def fit(self, frame: pd.DataFrame) -> Preprocessor:
+    def fit(self, frame: pd.DataFrame, rows: np.ndarray | None = None) -> Preprocessor:
         """Learn categories and the MinMax range from training rows.
 
         Parameters
         ----------
         frame : pandas.DataFrame
-            Training rows with every feature column.
+            Rows with every feature column.
+        rows : numpy.ndarray | None, default=None
+            Positions of the training rows in ``frame``, int64 shape
+            (n_train,); ``None`` fits on every row.
 
         Returns
         -------
         Preprocessor
             ``self``, fitted.
         """
-        if len(frame) == 0:
+        n_rows = len(frame) if rows is None else len(rows)
+        if n_rows == 0:
             raise DataError("cannot fit the preprocessor on zero training rows")
-        self.categories_ = {
-            column: sorted(_distinct_strings(frame[column])) for column in self.categorical
-        }
         self._check_columns(frame)
-        values = frame[self.numeric].to_numpy(dtype=np.float64)
-        low = [values.min(axis=0) if len(self.numeric) else np.zeros(0)]
-        high = [values.max(axis=0) if len(self.numeric) else np.zeros(0)]
-        del values
+        self.categories_ = {
+            column: sorted(_distinct_strings(frame[column], rows)) for column in self.categorical
+        }
+        low, high = _column_range(_numeric_values(frame, self.numeric), rows)
+        lows, highs = [low], [high]
 
         # A one-hot column spans [0, 1] unless its category is in every row.
         for column in self.categorical:
             categories = self.categories_[column]
-            always = len(categories) == 1 and bool(
-                np.all(_category_codes(frame[column], categories) == 0)
-            )
-            low.append(np.full(len(categories), 1.0 if always else 0.0))
-            high.append(np.ones(len(categories)))
-        self.min_ = np.concatenate(low).astype(np.float64)
-        span = np.concatenate(high) - self.min_
+            codes = _category_codes(frame[column], categories)
+            if rows is not None:
+                codes = codes[rows]
+            always = len(categories) == 1 and bool(np.all(codes == 0))
+            lows.append(np.full(len(categories), 1.0 if always else 0.0))
+            highs.append(np.ones(len(categories)))
+        self.min_ = np.concatenate(lows).astype(np.float64)
+        span = np.concatenate(highs) - self.min_
 
         # A constant column maps to 0: dividing by 1 keeps it finite.
         span[span == 0] = 1.0
@@ -117,13 +122,18 @@ class Preprocessor:
         x, y, _ = self.transform_counted(frame)
         return x, y
 
-    def transform_counted(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
+    def transform_counted(
+        self, frame: pd.DataFrame, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, int]:
         """Encode, scale and clip ``frame`` and count the clipped values.
 
         Parameters
         ----------
         frame : pandas.DataFrame
             Rows with every feature column and the fine label in ``label``.
+        rows : numpy.ndarray | None, default=None
+            Positions of the rows to transform, int64 shape (n_rows,), in
+            the order of the output; ``None`` transforms every row.
 
         Returns
         -------
@@ -140,8 +150,9 @@ class Preprocessor:
             If the preprocessor is not fitted, a column is missing or a label
             has no class.
         """
-        x, n_clipped = self._scale(frame)
-        return x, self.encode_labels(frame[LABEL]), n_clipped
+        x, n_clipped = self._scale(frame, rows)
+        labels = frame[LABEL] if rows is None else frame[LABEL].iloc[rows]
+        return x, self.encode_labels(labels), n_clipped
 
     def transform_features(self, frame: pd.DataFrame) -> np.ndarray:
         """Encode, scale and clip the features of unlabeled rows.
@@ -161,32 +172,38 @@ class Preprocessor:
             logger.info("clipped %s value(s) outside the training range to [0, 1]", n_clipped)
         return x
 
-    def _scale(self, frame: pd.DataFrame) -> tuple[np.ndarray, int]:
-        """Return the clipped float32 matrix and the number of clipped values."""
+    def _scale(self, frame: pd.DataFrame, rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """Return the clipped float32 matrix of ``rows`` and the number of clipped values."""
         if self.min_ is None or self.scale_ is None:
             raise DataError("the preprocessor is not fitted; call fit() on training rows first")
         self._check_columns(frame)
         assert self.categories_ is not None
         n_numeric = len(self.numeric)
         n_features = n_numeric + sum(len(values) for values in self.categories_.values())
-        matrix = np.zeros((len(frame), n_features), dtype=np.float32)
+        n_rows = len(frame) if rows is None else len(rows)
+        matrix = np.zeros((n_rows, n_features), dtype=np.float32)
+        values = _numeric_values(frame, self.numeric)
+        codes = []
+        for column in self.categorical:
+            column_codes = _category_codes(frame[column], self.categories_[column])
+            codes.append(column_codes if rows is None else column_codes[rows])
+        low, span = self.min_[:n_numeric], self.scale_[:n_numeric]
 
-        # Numeric block: scale in float64, then store as float32.
-        # copy=True: a frame of one float64 block (as pyarrow builds it) gives a read-only view.
-        values = frame[self.numeric].to_numpy(dtype=np.float64, copy=True)
-        values -= self.min_[:n_numeric]
-        values /= self.scale_[:n_numeric]
-        n_clipped = int(np.count_nonzero((values < 0.0) | (values > 1.0)))
-        np.clip(values, 0.0, 1.0, out=values)
-        matrix[:, :n_numeric] = values
-        del values
+        # Row blocks keep the float64 temporaries small and in cache.
+        n_clipped = 0
+        for start in range(0, n_rows, _BLOCK_ROWS):
+            stop = min(start + _BLOCK_ROWS, n_rows)
+            block = values[start:stop] if rows is None else values[rows[start:stop]]
+            scaled = (block - low) / span
+            n_clipped += int(np.count_nonzero((scaled < 0.0) | (scaled > 1.0)))
+            np.clip(scaled, 0.0, 1.0, out=scaled)
+            matrix[start:stop, :n_numeric] = scaled
 
         offset = n_numeric
-        for column in self.categorical:
+        for column, column_codes in zip(self.categorical, codes, strict=True):
             categories = self.categories_[column]
-            codes = _category_codes(frame[column], categories)
-            seen = codes >= 0
-            unseen = int(len(codes) - np.count_nonzero(seen))
+            seen = column_codes >= 0
+            unseen = int(len(column_codes) - np.count_nonzero(seen))
             if unseen:
                 logger.info(
                     "column %s: %s value(s) of categories not seen in training encoded as "
@@ -194,7 +211,7 @@ class Preprocessor:
                     column,
                     unseen,
                 )
-            matrix[np.flatnonzero(seen), offset + codes[seen]] = 1.0
+            matrix[np.flatnonzero(seen), offset + column_codes[seen]] = 1.0
             block = slice(offset, offset + len(categories))
             if np.any(self.min_[block] != 0.0):
                 # A category present in every training row: scale to 0 and clip the rest.
@@ -208,6 +225,13 @@ class Preprocessor:
         """Return class indices, int64 shape (n_rows,), for fine-grained labels."""
         index = {name: position for position, name in enumerate(self.class_names)}
         codes = {fine: index[coarse] for fine, coarse in self.label_map.items()}
+        if isinstance(labels.dtype, pd.CategoricalDtype):
+            # Map the few categories, then index by the row codes.
+            lookup = labels.cat.categories.astype(str).map(codes).to_numpy(dtype=np.float64)
+            # A missing label (code -1) indexes the trailing NaN.
+            y_codes = np.append(lookup, np.nan)[labels.cat.codes.to_numpy()]
+            if not np.isnan(y_codes).any():
+                return y_codes.astype(np.int64)
         y = labels.astype(str).map(codes)
         if y.isna().any():
             unknown = sorted(set(labels.astype(str)[y.isna()]))
@@ -276,12 +300,41 @@ class Preprocessor:
         return preprocessor
 
 
-def _distinct_strings(values: pd.Series) -> list[str]:
-    """Return the distinct values of a column as strings."""
+def _distinct_strings(values: pd.Series, rows: np.ndarray | None = None) -> list[str]:
+    """Return the distinct values of a column, or of its ``rows``, as strings."""
     if isinstance(values.dtype, pd.CategoricalDtype):
-        used = values.cat.remove_unused_categories().cat.categories
-        return [str(value) for value in used]
+        codes = values.cat.codes.to_numpy()
+        if rows is not None:
+            codes = codes[rows]
+        used = np.bincount(codes[codes >= 0], minlength=len(values.cat.categories)) > 0
+        return [str(value) for value in values.cat.categories[used]]
+    if rows is not None:
+        values = values.iloc[rows]
     return [str(value) for value in pd.unique(values.astype(str))]
+
+
+def _numeric_values(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """Return the float64 (n_rows, n_columns) values of ``columns``, read-only.
+
+    A frame whose numeric columns form one float64 block, as the
+    Edge-IIoTset loader builds it, gives a view of that block, not a copy.
+    """
+    if not columns:
+        return np.zeros((len(frame), 0))
+    return frame[columns].to_numpy(dtype=np.float64)
+
+
+def _column_range(values: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Return the per-column minimum and maximum of ``values`` over ``rows`` (NaN propagates)."""
+    low = np.full(values.shape[1], np.inf)
+    high = np.full(values.shape[1], -np.inf)
+    n_rows = len(values) if rows is None else len(rows)
+    for start in range(0, n_rows, _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, n_rows)
+        block = values[start:stop] if rows is None else values[rows[start:stop]]
+        np.minimum(low, block.min(axis=0), out=low)
+        np.maximum(high, block.max(axis=0), out=high)
+    return low, high
 
 
 def _category_codes(values: pd.Series, categories: list[str]) -> np.ndarray:

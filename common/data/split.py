@@ -24,7 +24,7 @@ def drop_duplicates(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFra
     """
     # Hash each row first and compare exactly only the rows whose hash repeats,
     # because pandas' exact check factorizes every column of every row.
-    hashes = pd.util.hash_pandas_object(frame[columns], index=False)
+    hashes = pd.Series(row_hashes(frame, columns), copy=False)
     candidates = hashes.duplicated(keep=False).to_numpy()
     duplicated = np.zeros(len(frame), dtype=bool)
     if candidates.any():
@@ -34,6 +34,57 @@ def drop_duplicates(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFra
     if removed:
         frame = frame.loc[~duplicated]
     return frame.reset_index(drop=True), removed
+
+
+def row_hashes(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """Return a 64-bit hash per row of ``columns``, uint64 shape (n_rows,).
+
+    Equal rows get equal hashes (0.0 and -0.0 alike, every NaN alike);
+    unequal rows may collide, so a repeated hash only marks candidates.
+    Each column's 64-bit key is multiplied by its own odd constant, mixed
+    with a xor-shift and summed modulo 2**64. float64 columns are hashed in
+    row blocks from one (n_rows, n_columns) array, which is a view, not a
+    copy, when they form one block of the frame.
+    """
+    hashes = np.zeros(len(frame), dtype=np.uint64)
+    floats = [column for column in columns if frame[column].dtype == np.float64]
+    others = [column for column in columns if column not in floats]
+    multipliers = _odd_constants(len(columns))
+
+    values = frame[floats].to_numpy() if floats else np.zeros((len(frame), 0))
+    for start in range(0, len(frame), _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, len(frame))
+        # Adding 0.0 turns -0.0 into 0.0; NaN payloads are made one value.
+        block = values[start:stop] + 0.0
+        block[np.isnan(block)] = np.nan
+        hashes[start:stop] = _mix(block.view(np.uint64), multipliers[: len(floats)]).sum(axis=1)
+
+    for position, column in enumerate(others, start=len(floats)):
+        series = frame[column]
+        if isinstance(series.dtype, pd.CategoricalDtype):
+            keys = series.cat.codes.to_numpy().astype(np.uint64)
+        else:
+            keys = pd.util.hash_array(series.to_numpy())
+        hashes += _mix(keys, multipliers[position])
+    return hashes
+
+
+# Rows per block when hashing float columns.
+_BLOCK_ROWS = 1 << 16
+
+
+def _odd_constants(count: int) -> np.ndarray:
+    """Return ``count`` fixed odd 64-bit multipliers."""
+    rng = np.random.default_rng(0x5EED)
+    return rng.integers(0, 2**63, size=count, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+def _mix(keys: np.ndarray, multipliers: np.ndarray | np.uint64) -> np.ndarray:
+    """Return ``keys`` multiplied and xor-shifted, uint64 with wrap-around."""
+    mixed = keys * multipliers
+    mixed ^= mixed >> np.uint64(29)
+    mixed *= np.uint64(0xBF58476D1CE4E5B9)
+    return mixed
 
 
 def stratified_split(y: np.ndarray, fractions: list[float], *, seed: int) -> list[np.ndarray]:
