@@ -170,9 +170,8 @@ def test_console_script_help():
 
 def test_progress_line_fields():
     # Prepare
-    from metals.server.results import RoundProgress
-
     from metals.progress import ProgressPrinter
+    from metals.server.results import RoundProgress
 
     stream = io.StringIO()
     printer = ProgressPrinter(stream)
