@@ -129,7 +129,8 @@ def traffic_layout(dataset: str, preprocessor: Preprocessor) -> TrafficLayout:
         return TrafficLayout(
             features=ordered,
             numeric=numeric,
-            optional=(LABEL, nsl_kdd.DIFFICULTY),
+            optional=(LABEL,),
+            ignored=(nsl_kdd.DIFFICULTY,),
             headerless=(ordered, (*ordered, LABEL), (*ordered, LABEL, nsl_kdd.DIFFICULTY)),
             label=LABEL,
         )

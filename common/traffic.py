@@ -277,23 +277,29 @@ def iter_traffic_chunks(
             handle.readline()
         first_line = columns.header_lines + 1
         pending = b""
+        newlines = np.zeros(0, dtype=np.int64)  # positions of b"\n" in pending
         read_bytes = MIN_READ_BYTES
         at_end = False
         while True:
-            newlines = np.flatnonzero(np.frombuffer(pending, dtype=np.uint8) == NEWLINE)
             while len(newlines) < chunk_size and not at_end:
                 data = handle.read(read_bytes)
                 if not data:
                     at_end = True
                     break
+                found = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == NEWLINE)
+                newlines = np.concatenate((newlines, found + len(pending)))
                 pending += data
-                newlines = np.flatnonzero(np.frombuffer(pending, dtype=np.uint8) == NEWLINE)
                 # Size later reads from the observed line length to cut the number of reads.
                 if len(newlines):
                     per_line = len(pending) / len(newlines)
                     read_bytes = max(MIN_READ_BYTES, int(per_line * chunk_size * 1.1))
 
-            cut = int(newlines[chunk_size - 1]) + 1 if len(newlines) >= chunk_size else len(pending)
+            if len(newlines) >= chunk_size:
+                cut = int(newlines[chunk_size - 1]) + 1
+                newlines = newlines[chunk_size:] - cut
+            else:
+                cut = len(pending)
+                newlines = np.zeros(0, dtype=np.int64)
             block, pending = pending[:cut], pending[cut:]
             if first_line == 1 and block.startswith(b"\xef\xbb\xbf"):
                 block = block[3:]
