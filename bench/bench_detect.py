@@ -233,8 +233,23 @@ def format_section(
             f"{row['cpu_seconds']:.2f} | {row['cpu_ratio']:.1f} | "
             f"{row['max_rss_mib']:.0f} | {row['process_seconds']:.1f} |"
         )
-    lines += ["", END_MARK]
+    lines += [""] + summary_lines(rows) + ["", END_MARK]
     return "\n".join(lines)
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """Return the goal check and the memory comparison as Markdown bullets."""
+    detect = [row for row in rows if row["step"] == "detect"]
+    largest = max(detect, key=lambda row: row["records"])
+    met = "met" if largest["ratio"] <= 2.0 else "**not met in this run**"
+    bullets = [
+        f"- detect / floor at {largest['records']:,} records: {largest['ratio']:.1f}x wall "
+        f"time, {largest['cpu_ratio']:.1f}x CPU time (goal <= 2x end to end: {met})",
+        "- peak RSS of detect by file size: "
+        + ", ".join(f"{row['records']:,}: {row['max_rss_mib']:.0f} MiB" for row in detect)
+        + " (the floor holds the whole prepared tensor, so its RSS grows with the file)",
+    ]
+    return bullets
 
 
 def write_page(section: str) -> None:
