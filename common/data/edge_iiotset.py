@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from metals.common.data.blocks import map_threads
 from metals.common.data.errors import DataError
 from metals.common.data.table import (
     LABEL,
@@ -253,32 +254,35 @@ def _fill_numeric(column: pa.ChunkedArray, out: np.ndarray) -> np.ndarray | None
 def _text_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
     """Return category codes (-1 for empty) and the sorted, trimmed distinct values.
 
-    The trimming and the number spelling (``0`` and ``0.0`` alike) run on
-    each chunk's dictionary, so once per distinct value, not once per row.
+    The trimming and the number spelling (``0`` and ``0.0`` alike) run once
+    per distinct value of the chunks' dictionaries, not once per row.
     """
     chunks = [
         chunk if pa.types.is_dictionary(chunk.type) else chunk.dictionary_encode()
         for chunk in column.chunks
     ]
-    spelled = [_spell(chunk.dictionary) for chunk in chunks]
-    categories = sorted(set().union(*spelled))
+    raw = [chunk.dictionary.to_pylist() for chunk in chunks]
+    distinct = sorted(set().union(*raw))
+    spelled = dict(zip(distinct, _spell(distinct), strict=True))
+    categories = sorted(set(spelled.values()))
     position = {name: code for code, name in enumerate(categories)}
     codes = np.full(len(column), -1, dtype=np.int32)
     start = 0
-    for chunk, names in zip(chunks, spelled, strict=True):
+    for chunk, values in zip(chunks, raw, strict=True):
         # Empty values index the trailing -1.
-        remap = np.array([position[name] for name in names] + [-1], dtype=np.int32)
-        indices = chunk.indices.fill_null(len(names)).to_numpy(zero_copy_only=False)
+        remap = np.array([position[spelled[value]] for value in values] + [-1], dtype=np.int32)
+        indices = chunk.indices.fill_null(len(values)).to_numpy(zero_copy_only=False)
         codes[start : start + len(chunk)] = remap[indices]
         start += len(chunk)
     return codes, categories
 
 
-def _spell(dictionary: pa.Array) -> list[str]:
+def _spell(values: list[str]) -> list[str]:
     """Return trimmed values with numbers in one spelling (``0`` and ``0.0`` alike)."""
-    values = pd.Series(pc.utf8_trim_whitespace(dictionary).to_pylist(), dtype="object")
-    as_number = pd.to_numeric(values, errors="coerce").astype("float64")
-    return values.where(as_number.isna(), as_number.astype(str)).astype(str).tolist()
+    trimmed = pc.utf8_trim_whitespace(pa.array(values, pa.string())).to_pylist()
+    trimmed = pd.Series(trimmed, dtype="object")
+    as_number = pd.to_numeric(trimmed, errors="coerce").astype("float64")
+    return trimmed.where(as_number.isna(), as_number.astype(str)).astype(str).tolist()
 
 
 def _check_labels(column: pa.ChunkedArray, path: Path) -> np.ndarray:
@@ -347,25 +351,23 @@ def read_edge_iiotset_file(path: Path, report: LoadReport) -> pd.DataFrame:
     label_codes = _check_labels(table.column(ATTACK_TYPE), path)
 
     # Text in any numeric column means the row is shifted or mixed-type.
-    # Columns are filled one by one into a Fortran-ordered matrix, which
-    # becomes the frame's single float64 block without a copy.
-    shifted = np.zeros(rows, dtype=bool)
-    scratch = np.empty(rows)
-    for name in SHIFT_CHECK:
-        text = _fill_numeric(table.column(name), scratch)
-        if text is not None:
-            report.drop(f"shifted row (text in {name})", int(np.count_nonzero(text & ~shifted)))
-            shifted |= text
+    # Columns are filled in threads into a Fortran-ordered matrix, which
+    # becomes the frame's single float64 block without a copy. The shift
+    # checks and Attack_label go into a second matrix beside it.
     numbers = np.empty((rows, len(NUMERIC)), order="F")
-    for position, name in enumerate(NUMERIC):
-        text = _fill_numeric(table.column(name), numbers[:, position])
+    checks = np.empty((rows, len(SHIFT_CHECK) + 1), order="F")
+    names = [*SHIFT_CHECK, *NUMERIC, ATTACK_LABEL]
+    targets = [*checks[:, : len(SHIFT_CHECK)].T, *numbers.T, checks[:, -1]]
+    columns = [table.column(name) for name in names]
+    texts = map_threads(lambda pair: _fill_numeric(*pair), list(zip(columns, targets, strict=True)))
+    attack_label = checks[:, -1]
+    shifted = np.zeros(rows, dtype=bool)
+    for name, text in zip(names[:-1], texts[:-1], strict=True):
         if text is not None:
             report.drop(f"shifted row (text in {name})", int(np.count_nonzero(text & ~shifted)))
             shifted |= text
     categorical = {name: _text_codes(table.column(name)) for name in CATEGORICAL}
-    attack_label = scratch
-    _fill_numeric(table.column(ATTACK_LABEL), attack_label)
-    del table
+    del table, columns
     frame = _build_frame(numbers, categorical, label_codes)
     check_empty_columns(frame, NUMERIC + CATEGORICAL, path)
 

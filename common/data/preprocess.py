@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metals.common.data.blocks import map_blocks
 from metals.common.data.errors import DataError
 from metals.common.data.table import LABEL
 
@@ -16,8 +17,6 @@ logger = logging.getLogger(__name__)
 
 _STATE_FILE = "preprocessor.json"
 _VERSION = 1
-# Rows per block when scaling; 65,536 rows of 40 float64 columns are 20 MiB.
-_BLOCK_ROWS = 1 << 16
 
 
 class Preprocessor:
@@ -189,15 +188,15 @@ class Preprocessor:
             codes.append(column_codes if rows is None else column_codes[rows])
         low, span = self.min_[:n_numeric], self.scale_[:n_numeric]
 
-        # Row blocks keep the float64 temporaries small and in cache.
-        n_clipped = 0
-        for start in range(0, n_rows, _BLOCK_ROWS):
-            stop = min(start + _BLOCK_ROWS, n_rows)
+        def scale_block(start: int, stop: int) -> int:
             block = values[start:stop] if rows is None else values[rows[start:stop]]
             scaled = (block - low) / span
-            n_clipped += int(np.count_nonzero((scaled < 0.0) | (scaled > 1.0)))
+            clipped = int(np.count_nonzero((scaled < 0.0) | (scaled > 1.0)))
             np.clip(scaled, 0.0, 1.0, out=scaled)
             matrix[start:stop, :n_numeric] = scaled
+            return clipped
+
+        n_clipped = sum(map_blocks(scale_block, n_rows))
 
         offset = n_numeric
         for column, column_codes in zip(self.categorical, codes, strict=True):
@@ -250,12 +249,10 @@ class Preprocessor:
                 "the preprocessor was fitted on"
             )
 
-    def save(self, directory: str | Path) -> None:
-        """Write the fitted state as JSON into ``directory`` (created if absent)."""
+    def to_json(self) -> str:
+        """Return the fitted state as the JSON text that :meth:`save` writes."""
         if self.min_ is None or self.scale_ is None or self.categories_ is None:
             raise DataError("the preprocessor is not fitted; call fit() on training rows first")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = {
             "version": _VERSION,
             "numeric": self.numeric,
@@ -266,7 +263,14 @@ class Preprocessor:
             "min": self.min_.tolist(),
             "scale": self.scale_.tolist(),
         }
-        (directory / _STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+        return json.dumps(state)
+
+    def save(self, directory: str | Path) -> None:
+        """Write the fitted state as JSON into ``directory`` (created if absent)."""
+        text = self.to_json()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / _STATE_FILE).write_text(text, encoding="utf-8")
 
     @classmethod
     def load(cls, directory: str | Path) -> Preprocessor:
@@ -279,16 +283,39 @@ class Preprocessor:
         """
         path = Path(directory) / _STATE_FILE
         try:
-            state = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise DataError(
                 f"preprocessor state {path} not found; prepare the dataset first"
             ) from None
+        return cls.from_json(text, source=str(path))
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "preprocessor state") -> Preprocessor:
+        """Rebuild a preprocessor from the text of :meth:`to_json`.
+
+        Parameters
+        ----------
+        text : str
+            JSON text written by :meth:`to_json` or :meth:`save`.
+        source : str, default="preprocessor state"
+            Where the text came from (a file, a message), named in errors.
+
+        Raises
+        ------
+        DataError
+            If the text is not a preprocessor state of this version.
+        """
+        try:
+            state = json.loads(text)
         except json.JSONDecodeError as error:
-            raise DataError(f"{path}: invalid preprocessor state ({error}); delete it") from None
-        if state.get("version") != _VERSION:
             raise DataError(
-                f"{path}: preprocessor state version {state.get('version')!r} is not "
+                f"{source}: invalid preprocessor state ({error}); prepare the dataset again"
+            ) from None
+        if not isinstance(state, dict) or state.get("version") != _VERSION:
+            version = state.get("version") if isinstance(state, dict) else None
+            raise DataError(
+                f"{source}: preprocessor state version {version!r} is not "
                 f"{_VERSION}; prepare the dataset again"
             )
         preprocessor = cls(
@@ -326,14 +353,18 @@ def _numeric_values(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
 
 def _column_range(values: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Return the per-column minimum and maximum of ``values`` over ``rows`` (NaN propagates)."""
+    n_rows = len(values) if rows is None else len(rows)
+
+    def block_range(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        block = values[start:stop] if rows is None else values[rows[start:stop]]
+        return block.min(axis=0), block.max(axis=0)
+
+    ranges = map_blocks(block_range, n_rows)
     low = np.full(values.shape[1], np.inf)
     high = np.full(values.shape[1], -np.inf)
-    n_rows = len(values) if rows is None else len(rows)
-    for start in range(0, n_rows, _BLOCK_ROWS):
-        stop = min(start + _BLOCK_ROWS, n_rows)
-        block = values[start:stop] if rows is None else values[rows[start:stop]]
-        np.minimum(low, block.min(axis=0), out=low)
-        np.maximum(high, block.max(axis=0), out=high)
+    for block_low, block_high in ranges:
+        np.minimum(low, block_low, out=low)
+        np.maximum(high, block_high, out=high)
     return low, high
 
 

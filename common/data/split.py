@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from metals.common.data.blocks import map_blocks
 from metals.common.data.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -52,12 +53,14 @@ def row_hashes(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     multipliers = _odd_constants(len(columns))
 
     values = frame[floats].to_numpy() if floats else np.zeros((len(frame), 0))
-    for start in range(0, len(frame), _BLOCK_ROWS):
-        stop = min(start + _BLOCK_ROWS, len(frame))
+
+    def hash_block(start: int, stop: int) -> None:
         # Adding 0.0 turns -0.0 into 0.0; NaN payloads are made one value.
         block = values[start:stop] + 0.0
         block[np.isnan(block)] = np.nan
         hashes[start:stop] = _mix(block.view(np.uint64), multipliers[: len(floats)]).sum(axis=1)
+
+    map_blocks(hash_block, len(frame))
 
     for position, column in enumerate(others, start=len(floats)):
         series = frame[column]
@@ -67,10 +70,6 @@ def row_hashes(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
             keys = pd.util.hash_array(series.to_numpy())
         hashes += _mix(keys, multipliers[position])
     return hashes
-
-
-# Rows per block when hashing float columns.
-_BLOCK_ROWS = 1 << 16
 
 
 def _odd_constants(count: int) -> np.ndarray:
