@@ -100,9 +100,17 @@ def run_experiment(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
     # Imported here because flwr.simulation starts Ray machinery on import.
+    import torch
     from flwr.simulation import run_simulation
 
     from metals.client.app import app as client_app
+
+    # The client actors keep both cores busy, so the driver's torch runs on
+    # one thread. With torch's default of two threads on a loaded 2-core
+    # machine, the global evaluation of the NSL-KDD test set took 0.23 s per
+    # call instead of 0.04 s (timed apart from a run, same machine).
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
 
     flwr_logger = logging.getLogger("flwr")
     previous_level = flwr_logger.level
@@ -122,4 +130,5 @@ def run_experiment(
     finally:
         flwr_logger.setLevel(previous_level)
         flwr_logger.removeFilter(notice_filter)
+        torch.set_num_threads(previous_threads)
     return Path(str(config["run-dir"]))
