@@ -12,7 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from metals.client.data import load_client_partition
+from metals.client.data import ClientData, is_device, load_client_data
 from metals.client.pool_file import (
     STATE_DIR_KEY,
     load_pool_file,
@@ -21,6 +21,7 @@ from metals.client.pool_file import (
     save_pool_file,
 )
 from metals.client.pools import Pools, load_pools, save_pools
+from metals.client.preprocessor_cache import received_preprocessor_json
 from metals.common.al import query_count, select_queries
 from metals.common.data import ClientPartition, oversample_smote
 from metals.common.model import MLP, build_model
@@ -44,6 +45,14 @@ def run_config_from_message(config: ConfigRecord) -> RunConfig:
     return validate_run_config(known)
 
 
+def load_message_data(msg: Message, context: Context, config: RunConfig) -> ClientData:
+    """Return the client's records for a message; a device also reads the sent preprocessor."""
+    preprocessor_json = None
+    if is_device(context.node_config):
+        preprocessor_json = received_preprocessor_json(msg, context)
+    return load_client_data(config, context.node_config, preprocessor_json)
+
+
 def build_oracle(partition: ClientPartition) -> Oracle:
     """Return the oracle this client asks for labels (simulated: the hidden labels)."""
     return SimulatedOracle(partition.y)
@@ -60,7 +69,7 @@ def initial_pools(partition: ClientPartition, mode: str) -> Pools:
 
 def restore_pools(
     context: Context,
-    partition: ClientPartition,
+    data: ClientData,
     config: RunConfig,
     pool_file: Path | None,
     identity: Mapping[str, Any],
@@ -73,13 +82,14 @@ def restore_pools(
     ``server_round`` or later are dropped, because the server repeats a
     round when it restarts between a client's reply and its own checkpoint.
     """
+    partition = data.partition
     pools = load_pools(context.state)
     if pools is None and pool_file is not None:
         pools = load_pool_file(pool_file, identity, partition)
         if pools is not None:
             logger.info(
-                "partition %d: continuing from %s (trained in round %d, %d labels bought)",
-                partition.partition_id,
+                "%s: continuing from %s (trained in round %d, %d labels bought)",
+                data.name,
                 pool_file,
                 pools.trained_round,
                 pools.labels_queried_total,
@@ -87,9 +97,9 @@ def restore_pools(
     if pools is None:
         if pool_file is None:
             logger.warning(
-                "partition %d: run-dir is empty and the node config has no '%s', so the "
+                "%s: run-dir is empty and the node config has no '%s', so the "
                 "pools are kept in memory only and a restarted run starts them afresh",
-                partition.partition_id,
+                data.name,
                 STATE_DIR_KEY,
             )
         return initial_pools(partition, str(config["mode"]))
@@ -98,9 +108,9 @@ def restore_pools(
         trained_round = pools.trained_round
         dropped = pools.discard_rounds_from(server_round)
         logger.warning(
-            "partition %d: server sent round %d but the pools were trained in round %d; "
+            "%s: server sent round %d but the pools were trained in round %d; "
             "%d labels bought since round %d go back to the unlabeled pool",
-            partition.partition_id,
+            data.name,
             server_round,
             trained_round,
             dropped,
@@ -109,9 +119,9 @@ def restore_pools(
     return pools
 
 
-def _round_seed(config: RunConfig, partition_id: int, server_round: int) -> int:
-    """Return a seed that differs per run seed, client and round."""
-    sequence = np.random.SeedSequence([int(config["seed"]), partition_id, server_round])
+def _round_seed(config: RunConfig, stream_id: int, server_round: int) -> int:
+    """Return a seed that differs per run seed, client (``ClientData.stream_id``) and round."""
+    sequence = np.random.SeedSequence([int(config["seed"]), stream_id, server_round])
     return int(sequence.generate_state(1)[0])
 
 
@@ -178,14 +188,17 @@ def train(msg: Message, context: Context) -> Message:
     config = run_config_from_message(message_config)
     server_round = int(message_config["server-round"])
     proximal_mu = float(message_config.get("proximal-mu", 0.0))
-    partition, class_names = load_client_partition(config, context.node_config)
-    model = _model_from_message(msg, config, partition, len(class_names))
-    seed = _round_seed(config, partition.partition_id, server_round)
+    data = load_message_data(msg, context, config)
+    partition = data.partition
+    model = _model_from_message(msg, config, partition, len(data.class_names))
+    seed = _round_seed(config, data.stream_id, server_round)
 
     # Pools survive between rounds in the node's state, and restarts in a file.
-    pool_file = pool_file_path(config, context.node_config, partition.partition_id)
-    identity = pool_file_identity(config, context.node_config, partition.partition_id)
-    pools = restore_pools(context, partition, config, pool_file, identity, server_round)
+    pool_file = pool_file_path(config, context.node_config, data.name)
+    identity = pool_file_identity(
+        config, context.node_config, partition.partition_id, data.device_id
+    )
+    pools = restore_pools(context, data, config, pool_file, identity, server_round)
     x_test, y_test = partition.x[partition.test], partition.y[partition.test]
     received_accuracy = accuracy(model, x_test, y_test)
 
@@ -228,11 +241,14 @@ def train(msg: Message, context: Context) -> Message:
         "train-loss": result.loss,
         "received-accuracy": received_accuracy,
         "trained-accuracy": accuracy(model, x_test, y_test),
+        # Flower aggregates only replies with the same metric keys, so a
+        # partition sends -1 here as a device sends -1 as its partition-id.
+        "device-id": -1 if data.device_id is None else data.device_id,
     }
     logger.info(
-        "round %d, partition %d: %d labels queried (%d total), labeled pool %d, loss %.4f",
+        "round %d, %s: %d labels queried (%d total), labeled pool %d, loss %.4f",
         server_round,
-        partition.partition_id,
+        data.name,
         labels_queried,
         pools.labels_queried_total,
         len(pools.labeled),
@@ -249,8 +265,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Score the received global model on the client's local test split."""
     torch.set_num_threads(1)
     config = run_config_from_message(msg.content["config"])
-    partition, class_names = load_client_partition(config, context.node_config)
-    model = _model_from_message(msg, config, partition, len(class_names))
+    data = load_message_data(msg, context, config)
+    partition = data.partition
+    model = _model_from_message(msg, config, partition, len(data.class_names))
     x_test, y_test = partition.x[partition.test], partition.y[partition.test]
     metrics: Mapping[str, Any] = {
         "num-examples": len(y_test),

@@ -37,12 +37,15 @@ IDENTITY_KEYS = (
 
 
 def pool_file_path(
-    run_config: Mapping[str, Any], node_config: Mapping[str, Any], partition_id: int
+    run_config: Mapping[str, Any], node_config: Mapping[str, Any], client_name: str
 ) -> Path | None:
     """Return where this client keeps its pools, or None when neither folder is set.
 
     The folder is the node config's ``state-dir`` when given, else
-    ``<run-dir>/client-state``. The file is ``partition-<id>.npz``.
+    ``<run-dir>/client-state``. The file is ``<client_name>.npz``, where the
+    name is ``partition-<id>``, or ``device-<id>`` from the SHA-256 digest
+    of a device's traffic file, so devices that share a folder do not
+    overwrite each other's pools.
     """
     if str(node_config.get(STATE_DIR_KEY, "")):
         folder = Path(str(node_config[STATE_DIR_KEY])).expanduser()
@@ -50,17 +53,26 @@ def pool_file_path(
         folder = Path(str(run_config["run-dir"])) / "client-state"
     else:
         return None
-    return folder / f"partition-{partition_id}.npz"
+    return folder / f"{client_name}.npz"
 
 
 def pool_file_identity(
-    run_config: Mapping[str, Any], node_config: Mapping[str, Any], partition_id: int
+    run_config: Mapping[str, Any],
+    node_config: Mapping[str, Any],
+    partition_id: int,
+    device_id: int | None = None,
 ) -> dict[str, Any]:
-    """Return the settings a pool file must match to be loaded by this client."""
+    """Return the settings a pool file must match to be loaded by this client.
+
+    A device (``device_id`` given) adds its id, which changes with its
+    file's content.
+    """
     identity: dict[str, Any] = {key: run_config[key] for key in IDENTITY_KEYS}
     identity["partition-id"] = int(partition_id)
     num_partitions = node_config.get("num-partitions")
     identity["num-partitions"] = None if num_partitions is None else int(num_partitions)
+    if device_id is not None:
+        identity["device-id"] = f"{device_id:x}"
     return identity
 
 
@@ -168,7 +180,7 @@ def load_pool_file(
     if len(saved_records) != len(expected) or not np.array_equal(np.sort(saved_records), expected):
         raise ValueError(
             f"client state file {path} contains {len(saved_records)} pool records that do not "
-            f"match the {len(expected)} records of partition {partition.partition_id}; "
-            "the dataset files changed since it was written, so start a new run-dir"
+            f"match the {len(expected)} records of this client; the data files changed "
+            "since it was written, so start a new run-dir"
         )
     return pools

@@ -25,7 +25,13 @@ from metals.server.checkpoint import (
     restore_random,
     save_checkpoint,
 )
-from metals.server.pool_sizes import PoolSizes, initial_pool_sizes, labels_summary
+from metals.server.pool_sizes import (
+    PoolSizes,
+    client_stats_key,
+    initial_pool_sizes,
+    labels_summary,
+)
+from metals.server.preprocessor_delivery import PreprocessorDelivery
 from metals.server.results import (
     RoundProgress,
     save_model,
@@ -148,6 +154,7 @@ def run_federation(
         prepared.preprocessor.save(run_dir / "preprocessor")
 
     strategy = build_strategy(config, ArrayRecord(model.state_dict()))
+    delivery = PreprocessorDelivery(prepared.preprocessor)
     evaluator = GlobalEvaluator(prepared, model)
     num_rounds = int(config["num-rounds"])
     timeout = float(config["round-timeout"])
@@ -162,7 +169,8 @@ def run_federation(
         # Train on sampled clients and aggregate the valid replies.
         train_config = ConfigRecord(dict(config))
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
-        replies = grid.send_and_receive(messages, timeout=timeout)
+        replies = list(grid.send_and_receive(delivery.attach(messages), timeout=timeout))
+        delivery.record_replies(replies)
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         if new_arrays is None:
             raise RoundFailedError(f"round {server_round} failed: aggregation returned no weights")
@@ -173,15 +181,17 @@ def run_federation(
             evaluate_messages = strategy.configure_evaluate(
                 server_round, arrays, ConfigRecord(dict(config)), grid
             )
-            evaluate_replies = grid.send_and_receive(evaluate_messages, timeout=timeout)
+            evaluate_replies = list(
+                grid.send_and_receive(delivery.attach(evaluate_messages), timeout=timeout)
+            )
+            delivery.record_replies(evaluate_replies)
             federated = strategy.aggregate_evaluate(server_round, evaluate_replies)
             logger.info("round %d federated evaluation: %s", server_round, federated)
 
         # Global evaluation and the round's record.
         report = evaluator(arrays)
-        for metrics in strategy.client_metrics.values():
-            key = str(int(metrics["partition-id"]))
-            client_stats[key] = {
+        for node_id, metrics in strategy.client_metrics.items():
+            client_stats[client_stats_key(metrics, node_id)] = {
                 "labels-queried-total": float(metrics["labels-queried-total"]),
                 "labeled-pool-size": float(metrics["labeled-pool-size"]),
                 "pool-size": float(metrics["pool-size"]),

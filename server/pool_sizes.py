@@ -1,4 +1,10 @@
-"""Labeled share of all clients' pools, from the partition every client derives from the seed."""
+"""Labeled share of all clients' pools, from the partition every client derives from the seed.
+
+Clients with a ``partition-id`` are counted from the start, with the initial
+pool sizes the server computes like they do. A device that reads its own
+traffic file (node config ``data-path``) is counted from the sizes in its
+replies only.
+"""
 
 from __future__ import annotations
 
@@ -72,6 +78,25 @@ def initial_pool_sizes(
     return PoolSizes(labeled=labeled, rows=rows)
 
 
+def client_stats_key(metrics: Mapping[str, Any], node_id: int) -> str:
+    """Return the key under which a client's latest training reply is kept.
+
+    A client with a partition reports ``partition-id`` >= 0, which is the
+    key. A device that reads its own file reports ``partition-id`` -1 and a
+    ``device-id`` >= 0 derived from its file's content, so it keeps its key
+    when its SuperNode restarts with another node id. The key is then
+    ``device-<device-id in hex>``, and ``node-<node_id>`` for a reply with
+    neither id.
+    """
+    partition_id = int(metrics["partition-id"])
+    if partition_id >= 0:
+        return str(partition_id)
+    device_id = int(metrics.get("device-id", -1))
+    if device_id >= 0:
+        return f"device-{device_id:x}"
+    return f"node-{node_id}"
+
+
 def labels_summary(
     sizes: PoolSizes, client_stats: Mapping[str, Mapping[str, float]]
 ) -> tuple[int, float]:
@@ -80,24 +105,35 @@ def labels_summary(
     The share is (labeled records of every client) / (pool records of every
     client). A client that has reported counts with the sizes of its last
     reply and the others with their initial sizes, so clients that were not
-    sampled yet still count.
+    sampled yet still count. A device (a key that is not a partition id)
+    adds the sizes of its last reply.
+
+    NOTE: the share is an estimate until every device has replied once,
+    because the server cannot know a device's pool sizes before that. It
+    also counts all ``num-clients`` partitions, so a partition that no
+    SuperNode serves keeps its initial sizes in the total.
 
     Parameters
     ----------
     sizes : PoolSizes
         Output of :func:`initial_pool_sizes`.
     client_stats : Mapping[str, Mapping[str, float]]
-        Latest reply per partition id (as a string) with
+        Latest reply per :func:`client_stats_key` with
         ``labels-queried-total``, ``labeled-pool-size`` and ``pool-size``.
     """
     labeled = sizes.labeled.astype(np.float64)
     rows = sizes.rows.astype(np.float64)
+    device_labeled = 0.0
+    device_rows = 0.0
     labels_bought = 0
     for key, stats in client_stats.items():
         labels_bought += int(stats["labels-queried-total"])
-        partition_id = int(key)
-        if 0 <= partition_id < len(rows):
-            labeled[partition_id] = stats["labeled-pool-size"]
-            rows[partition_id] = stats["pool-size"]
-    total_rows = rows.sum()
-    return labels_bought, (float(labeled.sum() / total_rows) if total_rows else float("nan"))
+        if key.isdigit() and int(key) < len(rows):
+            labeled[int(key)] = stats["labeled-pool-size"]
+            rows[int(key)] = stats["pool-size"]
+        else:
+            device_labeled += stats["labeled-pool-size"]
+            device_rows += stats["pool-size"]
+    total_rows = rows.sum() + device_rows
+    total_labeled = labeled.sum() + device_labeled
+    return labels_bought, (float(total_labeled / total_rows) if total_rows else float("nan"))

@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from metals.server.pool_sizes import PoolSizes, initial_pool_sizes, labels_summary
+from metals.server.pool_sizes import (
+    PoolSizes,
+    client_stats_key,
+    initial_pool_sizes,
+    labels_summary,
+)
 
 CONFIG = {
     "num-clients": 4,
@@ -66,3 +71,31 @@ def test_labeled_fraction_sums_every_client():
 
     assert labels == 8
     assert fraction == pytest.approx(24 / 80)
+
+
+def test_labeled_fraction_adds_device_replies():
+    # Prepare: partition 0 and a device with 10 of 40 records labeled have reported.
+    sizes = PoolSizes(labeled=np.array([4, 4]), rows=np.array([20, 20]))
+    stats = {
+        "0": {"labels-queried-total": 6, "labeled-pool-size": 10, "pool-size": 20},
+        "device-1f": {"labels-queried-total": 2, "labeled-pool-size": 10, "pool-size": 40},
+    }
+
+    # Execute
+    labels, fraction = labels_summary(sizes, stats)
+
+    # Assert: (10 + 4 + 10) / (20 + 20 + 40)
+    assert labels == 8
+    assert fraction == pytest.approx(24 / 80)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "expected"),
+    [
+        ({"partition-id": 3, "device-id": -1}, "3"),
+        ({"partition-id": -1, "device-id": 31}, "device-1f"),
+        ({"partition-id": -1}, "node-77"),
+    ],
+)
+def test_client_stats_key(metrics, expected):
+    assert client_stats_key(metrics, 77) == expected
