@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import platform
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -231,9 +232,10 @@ def verdict_sentences(measures: Sequence[Efficiency], partition: Partition) -> l
 
 
 def _footer(figure: plt.Figure, command: str) -> None:
-    figure.text(
-        0.01, 0.005, f"{command} | {machine_description()}", fontsize=7, color="0.35", ha="left"
-    )
+    """Print the command and the machine under the figure, wrapped to its width."""
+    width = int(figure.get_figwidth() * 17)
+    text = textwrap.fill(f"{command} | {machine_description()}", width=width)
+    figure.text(0.01, 0.005, text, fontsize=7, color="0.35", ha="left", va="bottom")
 
 
 def plot_label_efficiency(
@@ -275,7 +277,7 @@ def plot_label_efficiency(
     axes[0][-1].legend(fontsize=8, loc="lower right")
     figure.suptitle(title)
     _footer(figure, command)
-    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -296,7 +298,7 @@ def plot_rounds(results: Sequence[CellResult], path: Path, command: str, title: 
     axis.legend(fontsize=7, ncol=2)
     axis.set_title(title)
     _footer(figure, command)
-    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
