@@ -271,3 +271,43 @@ def test_page_lists_unfinished_runs(small_grid, tmp_path):
     text = (tmp_path / "page.md").read_text()
     assert f"{len(runs) - 1} of {len(runs)} runs finished" in text
     assert "## Runs not finished" in text
+
+
+# ---------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------
+
+
+def test_report_command_page_only(small_grid, tmp_path):
+    # Prepare: small_grid wrote its runs under tmp_path / "runs".
+    from metals.cli import main
+
+    page = tmp_path / "out" / "results.md"
+    argv = [
+        "report",
+        "--grid",
+        str(tmp_path / "grid.yaml"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--page",
+        str(page),
+        "--figures",
+        str(tmp_path / "out" / "figures"),
+        "--page-only",
+    ]
+
+    # Execute
+    code = main(argv)
+
+    # Assert
+    assert code == 0
+    assert "8 of 8 runs finished" in page.read_text()
+
+
+def test_report_command_rejects_bad_seeds(tmp_path, capsys):
+    from metals.cli import main
+
+    code = main(["report", "--seeds", "1,x", "--page-only", "--runs-dir", str(tmp_path)])
+
+    assert code == 2
+    assert "invalid --seeds '1,x'" in capsys.readouterr().err
