@@ -3,10 +3,10 @@
 A SuperNode started with node config ``data-path=<file>`` trains on that
 file instead of a partition of the dataset. The file is in the layout of
 the run's dataset (``metals.common.inference.traffic_layout``) and must
-contain its label column, because the simulated oracle answers label
-queries from it. Nothing is fitted here: the preprocessor is the one the
-server fitted on the training rows. Records the reader cannot use are left
-out and logged with their line numbers.
+contain its label column, because the simulated oracle takes the label
+of each queried record from it. Nothing is fitted here: the preprocessor is
+the one the server fitted on the training rows. Records the reader cannot
+use are left out and logged with their line numbers.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def read_device_file(
     if label is None or label not in columns.read:
         raise DeviceDataError(
             f"{path}: no label column {label!r}. A device trains with a simulated "
-            "labelling oracle that answers from each record's own label, so node config "
+            "labelling oracle that returns each record's own label, so node config "
             f"'{DATA_PATH_KEY}' needs a file with labels; without them this device "
             "needs a labelling oracle that metals does not have yet"
         )
@@ -214,12 +214,12 @@ def _log_bad_records(path: Path, bad: list[BadRecord]) -> None:
     if not bad:
         return
     first = bad[:_LOGGED_BAD_RECORDS]
-    shown = "; ".join(f"line {record.line}: {record.reason}" for record in first)
+    listed = "; ".join(f"line {record.line}: {record.reason}" for record in first)
     more = len(bad) - _LOGGED_BAD_RECORDS
     logger.warning(
         "%s: %d record(s) left out of training: %s%s",
         path,
         len(bad),
-        shown,
+        listed,
         f"; and {more} more" if more > 0 else "",
     )

@@ -1,8 +1,9 @@
 """The fitted preprocessor as the ServerApp sends it to devices that read their own files.
 
 A device started with node config ``data-path`` has no copy of the training
-data, so it cannot fit the preprocessing itself, and it must not: a refit on
-its own rows would give it another feature space than the global model's.
+data, so it cannot fit the preprocessing itself. It must not refit it on its
+own rows either, because that would give it another feature space than the
+global model's.
 The server therefore sends the preprocessor it fitted on the training rows,
 as zlib-compressed :meth:`Preprocessor.to_json` text, in a ConfigRecord
 stored under :data:`RECORD_KEY` of a message. The SHA-256 digest of the JSON

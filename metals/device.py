@@ -7,12 +7,13 @@ All experiment settings arrive from the server with each message. Without
 ``--tls ROOT_CERT`` the connection is unencrypted, and the command logs a
 warning about it.
 
+The file is in the layout of the run's dataset and must contain its label
+column, from which the simulated labelling oracle takes the labels. The ClientApp
+encodes it with the preprocessor the server fitted and sends with the
+device's first message (``metals.client.device_data``).
+
 This module imports nothing from ``metals.server``: a device image ships
 without server code.
-
-TODO: the ClientApp does not read ``data-path`` yet (``metals.client.data``
-raises for it), so a device started this way connects but fails every
-message the server sends it.
 """
 
 from __future__ import annotations

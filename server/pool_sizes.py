@@ -106,12 +106,13 @@ def labels_summary(
     client). A client that has reported counts with the sizes of its last
     reply and the others with their initial sizes, so clients that were not
     sampled yet still count. A device (a key that is not a partition id)
-    adds the sizes of its last reply.
+    adds the sizes of its last reply. Once a device has replied, partitions
+    that have not replied are left out, because a site of devices alone
+    still has ``num-clients`` >= 1 partitions that no SuperNode serves.
 
-    NOTE: the share is an estimate until every device has replied once,
-    because the server cannot know a device's pool sizes before that. It
-    also counts all ``num-clients`` partitions, so a partition that no
-    SuperNode serves keeps its initial sizes in the total.
+    NOTE: with devices the share is an estimate until every node has
+    replied once: the server cannot know a device's pool sizes, or which
+    partitions some SuperNode serves, before that.
 
     Parameters
     ----------
@@ -123,6 +124,7 @@ def labels_summary(
     """
     labeled = sizes.labeled.astype(np.float64)
     rows = sizes.rows.astype(np.float64)
+    reported = np.zeros(len(rows), dtype=bool)
     device_labeled = 0.0
     device_rows = 0.0
     labels_bought = 0
@@ -131,9 +133,13 @@ def labels_summary(
         if key.isdigit() and int(key) < len(rows):
             labeled[int(key)] = stats["labeled-pool-size"]
             rows[int(key)] = stats["pool-size"]
+            reported[int(key)] = True
         else:
             device_labeled += stats["labeled-pool-size"]
             device_rows += stats["pool-size"]
+    if device_rows:
+        labeled[~reported] = 0.0
+        rows[~reported] = 0.0
     total_rows = rows.sum() + device_rows
     total_labeled = labeled.sum() + device_labeled
     return labels_bought, (float(total_labeled / total_rows) if total_rows else float("nan"))

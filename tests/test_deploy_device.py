@@ -169,3 +169,81 @@ def test_client_joins_superlink_over_tls(tmp_path: Path) -> None:
     assert "Starting SuperNode for" in client_log
     assert "TLS is off" not in client_log
     assert "--insecure" not in client_log
+
+
+@pytest.mark.slow
+def test_devices_train_beside_partitions(tmp_path: Path, data_dir: Path) -> None:
+    import numpy as np
+
+    from metals.deploy import Deployment, read_complete_rows
+    from metals.server.checkpoint import load_checkpoint
+
+    # Prepare: two devices with 400 records each, cut from the NSL-KDD training file.
+    with (data_dir / "nsl-kdd" / "KDDTrain+_20Percent.txt").open() as handle:
+        lines = [next(handle) for _ in range(800)]
+    device_files = []
+    for number, start in enumerate((0, 400)):
+        path = tmp_path / f"device-{number}" / "traffic.csv"
+        path.parent.mkdir()
+        path.write_text("".join(lines[start : start + 400]))
+        device_files.append(path)
+    # Two partition SuperNodes (num-clients) and the two devices make four nodes.
+    config = {
+        "dataset": "nsl_kdd",
+        "data-dir": str(data_dir),
+        "run-dir": str(tmp_path / "run"),
+        "num-clients": 2,
+        "min-available-nodes": 4,
+        "num-rounds": 2,
+        "local-epochs": 1,
+        "fraction-train": 1.0,
+        "query-size": 10,
+        "round-timeout": 180.0,
+    }
+    deployment = Deployment(config)
+
+    # Execute
+    with deployment:
+        deployment.start()
+        for number, path in enumerate(device_files):
+            command = build_supernode_command(
+                deployment.address, path, runtime_port=find_free_port()
+            )
+            node = ManagedProcess(
+                f"device-{number}",
+                command,
+                deployment.log_dir / f"device-{number}.log",
+                flower_environment(deployment.deploy_dir / "flwr-home" / f"device-{number}"),
+            )
+            node.start()
+            deployment.supernodes.append(node)
+        deployment.submit()
+        run_dir = deployment.wait(timeout=420)
+
+    # Assert: both rounds ran with every node.
+    rows = read_complete_rows(run_dir / "metrics.csv")
+    assert [row["round"] for row in rows] == [1.0, 2.0]
+    assert deployment.missing_replies == 0
+
+    # Assert: each device replied with its own pools: 400 records, 80 local
+    # test, 64 of the other 320 labeled at the start, 10 bought per round.
+    checkpoint = load_checkpoint(run_dir)
+    assert checkpoint is not None
+    device_keys = sorted(key for key in checkpoint.client_stats if key.startswith("device-"))
+    assert len(device_keys) == 2
+    assert sorted(key for key in checkpoint.client_stats if key.isdigit()) == ["0", "1"]
+    for key in device_keys:
+        stats = checkpoint.client_stats[key]
+        assert stats["pool-size"] == 320
+        assert stats["labels-queried-total"] == 20
+        assert stats["labeled-pool-size"] == 84
+
+    # Assert: each device kept its pools in its own file.
+    for key in device_keys:
+        with np.load(run_dir / "client-state" / f"{key}.npz") as pools:
+            assert int(pools["labels_queried_total"]) == 20
+            assert len(pools["labeled"]) == 84
+    labels_total = sum(
+        int(stats["labels-queried-total"]) for stats in checkpoint.client_stats.values()
+    )
+    assert rows[-1]["labels_queried_total"] == labels_total

@@ -74,7 +74,8 @@ def test_labeled_fraction_sums_every_client():
 
 
 def test_labeled_fraction_adds_device_replies():
-    # Prepare: partition 0 and a device with 10 of 40 records labeled have reported.
+    # Prepare: partition 0 and a device with 10 of 40 records labeled have
+    # reported; partition 1 has not, so no SuperNode may serve it.
     sizes = PoolSizes(labeled=np.array([4, 4]), rows=np.array([20, 20]))
     stats = {
         "0": {"labels-queried-total": 6, "labeled-pool-size": 10, "pool-size": 20},
@@ -84,9 +85,19 @@ def test_labeled_fraction_adds_device_replies():
     # Execute
     labels, fraction = labels_summary(sizes, stats)
 
-    # Assert: (10 + 4 + 10) / (20 + 20 + 40)
+    # Assert: (10 + 10) / (20 + 40)
     assert labels == 8
-    assert fraction == pytest.approx(24 / 80)
+    assert fraction == pytest.approx(20 / 60)
+
+
+def test_labeled_fraction_devices_alone():
+    sizes = PoolSizes(labeled=np.array([4]), rows=np.array([20]))
+    stats = {"device-1f": {"labels-queried-total": 2, "labeled-pool-size": 10, "pool-size": 40}}
+
+    labels, fraction = labels_summary(sizes, stats)
+
+    assert labels == 2
+    assert fraction == pytest.approx(10 / 40)
 
 
 @pytest.mark.parametrize(
