@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from metals.client.data import ClientData, is_device, load_client_data
+from metals.client.node_identity import node_identity
 from metals.client.pool_file import (
     STATE_DIR_KEY,
     load_pool_file,
@@ -25,6 +26,7 @@ from metals.client.preprocessor_cache import received_preprocessor_json
 from metals.common.al import query_count, select_queries
 from metals.common.data import ClientPartition, oversample_smote
 from metals.common.model import MLP, build_model
+from metals.common.node_identity import IDENTITY_RECORD_KEY
 from metals.common.oracle import Oracle, SimulatedOracle
 from metals.common.runconfig import SETTINGS, RunConfig, parse_hidden_layers, validate_run_config
 from metals.common.training import accuracy, embed, predict_proba, train_local
@@ -275,3 +277,10 @@ def evaluate(msg: Message, context: Context) -> Message:
         "accuracy": accuracy(model, x_test, y_test),
     }
     return Message(content=RecordDict({"metrics": MetricRecord(dict(metrics))}), reply_to=msg)
+
+
+@app.query()
+def identify(msg: Message, context: Context) -> Message:
+    """Reply with this node's identity, by which the server orders the nodes it samples."""
+    identity = node_identity(context.node_config)
+    return Message(content=RecordDict({IDENTITY_RECORD_KEY: identity.to_record()}), reply_to=msg)

@@ -25,6 +25,7 @@ from metals.server.checkpoint import (
     restore_random,
     save_checkpoint,
 )
+from metals.server.node_registry import NodeRegistry
 from metals.server.pool_sizes import (
     PoolSizes,
     client_stats_key,
@@ -153,7 +154,11 @@ def run_federation(
     if not (run_dir / "preprocessor").exists():
         prepared.preprocessor.save(run_dir / "preprocessor")
 
-    strategy = build_strategy(config, ArrayRecord(model.state_dict()))
+    # Nodes are sampled and their replies summed in the order of their
+    # identities. Node ids are random, so a restarted server queries the
+    # identities again.
+    node_registry = NodeRegistry()
+    strategy = build_strategy(config, ArrayRecord(model.state_dict()), node_registry)
     delivery = PreprocessorDelivery(prepared.preprocessor)
     evaluator = GlobalEvaluator(prepared, model)
     num_rounds = int(config["num-rounds"])
@@ -165,6 +170,7 @@ def run_federation(
         started = time.monotonic()
         logger.info("round %d/%d started", server_round, num_rounds)
         wait_for_nodes(grid, needed_nodes, timeout)
+        node_registry.refresh(grid, timeout)
 
         # Train on sampled clients and aggregate the valid replies.
         train_config = ConfigRecord(dict(config))

@@ -1,4 +1,4 @@
-"""FedAvg and FedProx that leave invalid client replies out of the aggregate."""
+"""FedAvg and FedProx that leave invalid replies out and sample and sum nodes in a fixed order."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
+
+from metals.server.node_registry import NodeRegistry, SortedNodeGrid
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,12 @@ class ReplyCheckMixin:
     After each :meth:`aggregate_train`, :attr:`client_metrics` contains the
     metrics of every valid reply, keyed by node id.
 
+    It also makes a run reproducible for a seed. The parent strategy samples
+    with ``random.sample`` from the connected nodes, listed here in the
+    order of ``node_registry`` (partition id first), so a seeded ``random``
+    picks the same partitions on every run. Replies are aggregated in the
+    same order, so their float sums are the same on every run too.
+
     Parameters
     ----------
     reference_arrays : ArrayRecord
@@ -88,29 +96,64 @@ class ReplyCheckMixin:
     min_valid_fraction : float
         Share of the sampled clients whose valid replies a round needs; at
         least one valid reply is always needed.
+    node_registry : NodeRegistry | None, default=None
+        Identities of the nodes, which the caller refreshes before each
+        round; None starts an empty registry, which orders nodes by node id.
     """
 
     def __init__(
-        self, *args: Any, reference_arrays: ArrayRecord, min_valid_fraction: float, **kwargs: Any
+        self,
+        *args: Any,
+        reference_arrays: ArrayRecord,
+        min_valid_fraction: float,
+        node_registry: NodeRegistry | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.reference_arrays = reference_arrays
         self.min_valid_fraction = min_valid_fraction
+        self.node_registry = NodeRegistry() if node_registry is None else node_registry
         self.sampled_nodes: list[int] = []
         self.client_metrics: dict[int, dict[str, Any]] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample clients as the parent strategy does and remember which were sampled."""
-        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        """Sample clients as the parent strategy does, from nodes in registry order.
+
+        The sampled nodes are kept in :attr:`sampled_nodes` and logged by name.
+        """
+        sorted_grid = SortedNodeGrid(grid, self.node_registry)
+        messages = list(super().configure_train(server_round, arrays, config, sorted_grid))  # type: ignore[misc]
         self.sampled_nodes = [message.metadata.dst_node_id for message in messages]
+        logger.info(
+            "round %d: sampled %s",
+            server_round,
+            ", ".join(self.node_registry.name(node_id) for node_id in self.sampled_nodes),
+        )
         return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample clients to evaluate as the parent strategy does, from nodes in registry order."""
+        sorted_grid = SortedNodeGrid(grid, self.node_registry)
+        return super().configure_evaluate(server_round, arrays, config, sorted_grid)  # type: ignore[misc]
+
+    def sorted_replies(self, replies: Iterable[Message]) -> list[Message]:
+        """Return ``replies`` in registry order of their sending nodes."""
+        return sorted(
+            replies,
+            key=lambda msg: (
+                self.node_registry.sort_key(msg.metadata.src_node_id),
+                msg.metadata.src_node_id,
+            ),
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate the valid replies only.
+        """Aggregate the valid replies only, in registry order of their nodes.
 
         Raises
         ------
@@ -118,7 +161,7 @@ class ReplyCheckMixin:
             When fewer than ``ceil(min_valid_fraction * sampled)`` (at least
             one) replies are valid.
         """
-        replies = list(replies)
+        replies = self.sorted_replies(replies)
         valid: list[Message] = []
         for msg in replies:
             problem = reply_problem(msg, self.reference_arrays)
@@ -160,10 +203,11 @@ class ReplyCheckMixin:
 
         A client whose local test split is empty replies with ``num-examples``
         0 and NaN metrics. Such a reply measures nothing, so it is left out
-        of the weighted average and logged with its node id.
+        of the weighted average and logged with its node id. The others are
+        averaged in registry order of their nodes.
         """
         counted: list[Message] = []
-        for msg in replies:
+        for msg in self.sorted_replies(replies):
             if not msg.has_error():
                 metrics = next(iter(msg.content.metric_records.values()), None)
                 num_examples = None if metrics is None else metrics.get("num-examples")
@@ -193,7 +237,11 @@ class MetalsFedProx(ReplyCheckMixin, FedProx):
     """FedProx (Li et al., MLSys 2020) with reply checks; clients add the proximal term."""
 
 
-def build_strategy(config: Mapping[str, Any], reference_arrays: ArrayRecord) -> FedAvg:
+def build_strategy(
+    config: Mapping[str, Any],
+    reference_arrays: ArrayRecord,
+    node_registry: NodeRegistry | None = None,
+) -> FedAvg:
     """Create the strategy the run config names, FedAvg or FedProx with its ``proximal-mu``.
 
     Parameters
@@ -202,6 +250,8 @@ def build_strategy(config: Mapping[str, Any], reference_arrays: ArrayRecord) -> 
         Validated run config.
     reference_arrays : ArrayRecord
         Initial global weights, used to check the shape of every reply.
+    node_registry : NodeRegistry | None, default=None
+        Identities by which nodes are sampled and their replies summed.
     """
     num_clients = int(config["num-clients"])
     min_available = int(config["min-available-nodes"]) or num_clients
@@ -213,6 +263,7 @@ def build_strategy(config: Mapping[str, Any], reference_arrays: ArrayRecord) -> 
         "min_available_nodes": min_available,
         "reference_arrays": reference_arrays,
         "min_valid_fraction": float(config["min-valid-fraction"]),
+        "node_registry": node_registry,
     }
     if config["strategy"] == "fedprox":
         return MetalsFedProx(proximal_mu=float(config["proximal-mu"]), **common)

@@ -1,0 +1,266 @@
+"""Node identities, and sampling and aggregation in their order whatever the node ids are."""
+
+import itertools
+import logging
+import random
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from metals.common.node_identity import IDENTITY_RECORD_KEY, NodeIdentity
+from metals.server.node_registry import NodeRegistry, SortedNodeGrid
+from metals.server.strategy import REQUIRED_TRAIN_METRICS, MetalsFedAvg, MetalsFedProx
+
+REFERENCE = ArrayRecord({"w": Array(np.zeros(4, np.float32))})
+
+
+class _Grid:
+    """Grid stand-in whose nodes reply to a query with an identity, an error, or nothing.
+
+    ``identities`` maps node id to a NodeIdentity, ``"error"`` or None (no reply).
+    """
+
+    def __init__(self, identities):
+        self.identities = dict(identities)
+        self.queried = []
+
+    def get_node_ids(self):
+        return set(self.identities)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for message in messages:
+            node_id = message.metadata.dst_node_id
+            self.queried.append(node_id)
+            identity = self.identities[node_id]
+            if identity is None:
+                continue
+            if identity == "error":
+                replies.append(Message(Error(code=0, reason="no query handler"), reply_to=message))
+            else:
+                content = RecordDict({IDENTITY_RECORD_KEY: identity.to_record()})
+                replies.append(Message(content, reply_to=message))
+        return replies
+
+
+@pytest.fixture(autouse=True)
+def _identity(flower_identity):
+    return None
+
+
+def _partitions(node_ids):
+    return {node_id: NodeIdentity(partition_id=i) for i, node_id in enumerate(node_ids)}
+
+
+def _random_node_ids(generator_seed, count):
+    generator = random.Random(generator_seed)
+    return [generator.getrandbits(63) for _ in range(count)]
+
+
+def test_refresh_orders_partitions_devices_unknown():
+    # Prepare: node ids in another order than the identities.
+    grid = _Grid(
+        {
+            50: NodeIdentity(device_id=7),
+            40: NodeIdentity(partition_id=1),
+            30: NodeIdentity(partition_id=0),
+            20: NodeIdentity(device_id=3),
+            10: "error",
+        }
+    )
+    registry = NodeRegistry()
+
+    # Execute
+    registry.refresh(grid, timeout=1.0)
+    order = registry.sorted(grid.get_node_ids())
+
+    # Assert
+    assert order == [30, 40, 20, 50, 10]
+    assert [registry.name(node_id) for node_id in order] == [
+        "partition-0",
+        "partition-1",
+        "device-3",
+        "device-7",
+        "node-10",
+    ]
+
+
+def test_refresh_queries_each_node_once():
+    grid = _Grid({1: NodeIdentity(partition_id=0), 2: NodeIdentity(partition_id=1)})
+    registry = NodeRegistry()
+    registry.refresh(grid, timeout=1.0)
+    first_queries = list(grid.queried)
+
+    registry.refresh(grid, timeout=1.0)
+    grid.identities[3] = NodeIdentity(partition_id=2)
+    registry.refresh(grid, timeout=1.0)
+
+    assert sorted(first_queries) == [1, 2]
+    assert grid.queried[len(first_queries) :] == [3]
+    assert registry.name(3) == "partition-2"
+
+
+@pytest.mark.parametrize("failure", ["error", None], ids=["error-reply", "no-reply"])
+def test_failed_query_retried_and_logged(failure, caplog):
+    # Prepare: node 5 fails its first query.
+    grid = _Grid({4: NodeIdentity(partition_id=0), 5: failure})
+    registry = NodeRegistry()
+    with caplog.at_level(logging.WARNING, logger="metals.server.node_registry"):
+        registry.refresh(grid, timeout=1.0)
+
+    # Execute: it replies on the next refresh.
+    grid.identities[5] = NodeIdentity(partition_id=1)
+    registry.refresh(grid, timeout=1.0)
+
+    # Assert
+    assert grid.queried.count(5) == 2
+    assert registry.name(5) == "partition-1"
+    assert any("node 5" in record.getMessage() for record in caplog.records)
+
+
+def test_invalid_identity_record_logged(caplog):
+    class _BadGrid(_Grid):
+        def send_and_receive(self, messages, *, timeout=None):
+            return [Message(RecordDict(), reply_to=message) for message in messages]
+
+    registry = NodeRegistry()
+
+    with caplog.at_level(logging.WARNING, logger="metals.server.node_registry"):
+        registry.refresh(_BadGrid({9: None}), timeout=1.0)
+
+    assert registry.name(9) == "node-9"
+    assert any("no valid identity" in record.getMessage() for record in caplog.records)
+
+
+def test_duplicate_identity_logged(caplog):
+    grid = _Grid({1: NodeIdentity(partition_id=2), 2: NodeIdentity(partition_id=2)})
+
+    with caplog.at_level(logging.WARNING, logger="metals.server.node_registry"):
+        NodeRegistry().refresh(grid, timeout=1.0)
+
+    assert any("partition-2" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"partition-id": 1, "device-id": 5},
+        {"partition-id": -1, "device-id": -1},
+        {"partition-id": "1", "device-id": -1},
+        {"device-id": 5},
+    ],
+    ids=["both", "neither", "text", "missing"],
+)
+def test_invalid_identity_rejected(record):
+    with pytest.raises(ValueError, match="invalid node identity"):
+        NodeIdentity.from_record(record)
+
+
+def _sampled_partitions(seed, node_ids, strategy_class=MetalsFedAvg):
+    """Return the names of the nodes one round samples, 3 of 10, with ``random`` seeded."""
+    grid = _Grid(_partitions(node_ids))
+    registry = NodeRegistry()
+    registry.refresh(grid, timeout=1.0)
+    extra = {"proximal_mu": 0.1} if strategy_class is MetalsFedProx else {}
+    strategy = strategy_class(
+        fraction_train=0.3,
+        fraction_evaluate=0.0,
+        min_train_nodes=1,
+        min_available_nodes=10,
+        reference_arrays=REFERENCE,
+        min_valid_fraction=0.5,
+        node_registry=registry,
+        **extra,
+    )
+    random.seed(seed)
+    strategy.configure_train(1, REFERENCE, ConfigRecord(), grid)
+    return [registry.name(node_id) for node_id in strategy.sampled_nodes]
+
+
+@pytest.mark.parametrize("strategy_class", [MetalsFedAvg, MetalsFedProx])
+def test_sampling_ignores_node_ids(strategy_class):
+    # Prepare: two runs whose nodes got other random ids for the same partitions.
+    first_ids = _random_node_ids(1, 10)
+    second_ids = _random_node_ids(2, 10)
+
+    # Execute
+    first = _sampled_partitions(11, first_ids, strategy_class)
+    second = _sampled_partitions(11, second_ids, strategy_class)
+
+    # Assert
+    assert len(first) == 3
+    assert first == second
+
+
+def test_sampling_follows_seed():
+    node_ids = _random_node_ids(1, 10)
+
+    with_seed_11 = _sampled_partitions(11, node_ids)
+    with_seed_12 = _sampled_partitions(12, node_ids)
+
+    assert with_seed_11 != with_seed_12
+
+
+def test_sorted_grid_lists_connected_nodes_only():
+    registry = NodeRegistry()
+    registry.refresh(_Grid(_partitions([7, 8, 9])), timeout=1.0)
+
+    view = SortedNodeGrid(_Grid(_partitions([9, 8])), registry)
+
+    assert view.get_node_ids() == [8, 9]
+
+
+def _train_reply(node_id, value):
+    request = Message(RecordDict(), dst_node_id=node_id, message_type="train")
+    metrics = MetricRecord({key: 1.0 for key in REQUIRED_TRAIN_METRICS})
+    arrays = ArrayRecord({"w": Array(np.full(4, value, np.float32))})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=request)
+
+
+def test_aggregation_same_for_any_arrival_order():
+    # Prepare: float32 sums of these values depend on the order of addition.
+    values = {22: np.float32(1e8), 33: np.float32(-1e8), 11: np.float32(1.0)}
+    registry = NodeRegistry()
+    registry.refresh(
+        _Grid(
+            {
+                22: NodeIdentity(partition_id=0),
+                33: NodeIdentity(partition_id=1),
+                11: NodeIdentity(partition_id=2),
+            }
+        ),
+        timeout=1.0,
+    )
+    strategy = MetalsFedAvg(
+        fraction_train=1.0,
+        fraction_evaluate=0.0,
+        min_train_nodes=1,
+        min_available_nodes=1,
+        reference_arrays=REFERENCE,
+        min_valid_fraction=0.5,
+        node_registry=registry,
+    )
+    strategy.sampled_nodes = list(values)
+    orders = list(itertools.permutations(values))
+    flower_sums = {
+        aggregate_arrayrecords(
+            [_train_reply(node_id, values[node_id]).content for node_id in order], "num-examples"
+        )["w"].numpy()[0]
+        for order in orders
+    }
+
+    # Execute
+    results = []
+    for order in orders:
+        arrays, _ = strategy.aggregate_train(
+            1, [_train_reply(node_id, values[node_id]) for node_id in order]
+        )
+        results.append(arrays["w"].numpy())
+
+    # Assert: Flower's sum depends on the order, the strategy's does not.
+    assert len(flower_sums) > 1
+    for result in results[1:]:
+        assert result.tobytes() == results[0].tobytes()
+    assert list(strategy.client_metrics) == [22, 33, 11]
