@@ -138,3 +138,22 @@ def test_empty_parity_set_rejected(nsl_run: TrainedRun, tmp_path: Path):
     # Execute / Assert
     with pytest.raises(ExportError, match="needs at least one record"):
         check_parity(detector.model, path, "torchscript", empty)
+
+
+def test_export_all_formats(nsl_run: TrainedRun, data_dir: Path, tmp_path, capsys):
+    # Prepare
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "both"
+
+    # Execute
+    code = main(["export", "--model", str(nsl_run.run_dir), "--out", str(out),
+                 "--data-dir", str(data_dir)])  # fmt: skip
+
+    # Assert
+    printed = capsys.readouterr().out
+    metadata = json.loads((out / "export.json").read_text())
+    assert code == 0
+    assert [entry["format"] for entry in metadata["parity"]] == ["torchscript", "onnx"]
+    assert all(entry["passed"] for entry in metadata["parity"])
+    assert (out / "model.onnx").is_file()
+    assert "onnx: " in printed
