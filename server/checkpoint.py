@@ -42,7 +42,7 @@ class Checkpoint:
     client_stats : dict[str, dict[str, float]]
         Latest pool counters per partition id (labels bought, pool sizes).
     random_state : Any
-        ``random.getstate()`` after the round, which drives client sampling.
+        ``getstate()`` of the strategy's sampling generator after the round.
     config : dict[str, Any]
         Run config of the run.
     """
@@ -139,6 +139,6 @@ def check_run_dir(run_dir: Path, config: Mapping[str, Any]) -> Checkpoint | None
     return checkpoint
 
 
-def restore_random(checkpoint: Checkpoint) -> None:
-    """Put Python's ``random`` back in the state it had after the checkpointed round."""
-    random.setstate(checkpoint.random_state)
+def restore_generator(checkpoint: Checkpoint, generator: random.Random) -> None:
+    """Put the sampling generator back in the state it had after the checkpointed round."""
+    generator.setstate(checkpoint.random_state)

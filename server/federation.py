@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -22,7 +21,7 @@ from metals.common.training import predict_proba
 from metals.server.checkpoint import (
     Checkpoint,
     check_run_dir,
-    restore_random,
+    restore_generator,
     save_checkpoint,
 )
 from metals.server.node_registry import NodeRegistry
@@ -139,12 +138,10 @@ def run_federation(
     # their own pools on disk, so they continue from that round too.
     checkpoint = check_run_dir(run_dir, config)
     if checkpoint is not None:
-        restore_random(checkpoint)
         arrays, rows, client_stats = checkpoint.arrays, checkpoint.rows, checkpoint.client_stats
         start_round = checkpoint.round
         logger.info("resuming %s after round %d", run_dir, start_round)
     else:
-        random.seed(int(config["seed"]))
         arrays = ArrayRecord(model.state_dict())
         rows, client_stats, start_round = [], {}, 0
         logger.info("starting run in %s", run_dir)
@@ -159,6 +156,8 @@ def run_federation(
     # identities again.
     node_registry = NodeRegistry()
     strategy = build_strategy(config, ArrayRecord(model.state_dict()), node_registry)
+    if checkpoint is not None:
+        restore_generator(checkpoint, strategy.generator)
     delivery = PreprocessorDelivery(prepared.preprocessor)
     evaluator = GlobalEvaluator(prepared, model)
     num_rounds = int(config["num-rounds"])
@@ -222,7 +221,14 @@ def run_federation(
         write_metrics(run_dir, rows)
         save_checkpoint(
             run_dir,
-            Checkpoint(server_round, arrays, rows, client_stats, random.getstate(), dict(config)),
+            Checkpoint(
+                server_round,
+                arrays,
+                rows,
+                client_stats,
+                strategy.generator.getstate(),
+                dict(config),
+            ),
         )
         logger.info(
             "round %d/%d done: accuracy %.4f, macro-F1 %.4f, %d labels bought, %.1f s",

@@ -1,11 +1,9 @@
-"""The stable identity of each connected node, and a grid view that lists nodes in that order.
+"""The stable identity of each connected node, by which the server orders nodes.
 
 Flower 1.42 gives each SuperNode a random 64-bit node id and returns
-``Grid.get_node_ids()`` from a set, so the order of node ids, and with it
-what ``random.sample`` picks from them, changes between runs even with a
-seeded ``random``. The registry queries every node once for its
-:class:`~metals.common.node_identity.NodeIdentity`, and
-:class:`SortedNodeGrid` lists the connected nodes sorted by it.
+``Grid.get_node_ids()`` from a set, so neither the ids nor their order are
+the same in two runs. The registry queries every node once for its
+:class:`~metals.common.node_identity.NodeIdentity` and sorts node ids by it.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from collections.abc import Iterable
 from flwr.app import Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from metals.common.node_identity import IDENTITY_RECORD_KEY, NodeIdentity
 
@@ -44,7 +41,8 @@ class NodeRegistry:
         timeout : float
             Seconds to wait for the replies.
         """
-        new_nodes = sorted(set(grid.get_node_ids()) - set(self.identities))
+        connected = set(grid.get_node_ids())
+        new_nodes = sorted(connected - set(self.identities))
         if not new_nodes:
             return
         messages = [
@@ -66,10 +64,10 @@ class NodeRegistry:
                     node_id,
                     timeout,
                 )
-        self._warn_duplicates()
+        self._warn_duplicates(connected)
         logger.info(
-            "node identities: %s",
-            ", ".join(self.name(node_id) for node_id in self.sorted(self.identities)),
+            "connected nodes by identity: %s",
+            ", ".join(self.name(node_id) for node_id in self.sorted(connected)),
         )
 
     def sort_key(self, node_id: int) -> tuple[int, int]:
@@ -112,11 +110,15 @@ class NodeRegistry:
             )
             return None
 
-    def _warn_duplicates(self) -> None:
-        """Log each identity that more than one node reports."""
+    def _warn_duplicates(self, connected: set[int]) -> None:
+        """Log each identity that more than one connected node reports.
+
+        A node that reconnected under a new node id is not a duplicate of
+        its old id, which is no longer connected.
+        """
         nodes_by_identity: dict[NodeIdentity, list[int]] = {}
-        for node_id, identity in self.identities.items():
-            nodes_by_identity.setdefault(identity, []).append(node_id)
+        for node_id in connected & set(self.identities):
+            nodes_by_identity.setdefault(self.identities[node_id], []).append(node_id)
         for identity, node_ids in nodes_by_identity.items():
             if len(node_ids) > 1:
                 logger.warning(
@@ -125,60 +127,3 @@ class NodeRegistry:
                     sorted(node_ids),
                     identity.name,
                 )
-
-
-class SortedNodeGrid(Grid):
-    """A grid whose :meth:`get_node_ids` returns the connected nodes sorted by identity.
-
-    Every other method is the wrapped grid's. Flower's ``sample_nodes`` then
-    draws from a list in the same order on every run.
-
-    Parameters
-    ----------
-    grid : Grid
-        Grid to wrap.
-    registry : NodeRegistry
-        Identities to sort by.
-    """
-
-    def __init__(self, grid: Grid, registry: NodeRegistry) -> None:
-        self.grid = grid
-        self.registry = registry
-
-    def get_node_ids(self) -> list[int]:
-        """Return the wrapped grid's node ids sorted by :meth:`NodeRegistry.sorted`."""
-        return self.registry.sorted(self.grid.get_node_ids())
-
-    def set_run(self, run: Run) -> None:
-        """Set the run of the wrapped grid."""
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        """Run of the wrapped grid."""
-        return self.grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        """Create a message with the wrapped grid."""
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Push messages with the wrapped grid."""
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Pull messages with the wrapped grid."""
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        """Send messages and receive the replies with the wrapped grid."""
-        return self.grid.send_and_receive(messages, timeout=timeout)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
-from metals.server.node_registry import NodeRegistry, SortedNodeGrid
+from metals.server.node_registry import NodeRegistry
+from metals.server.sampling import connected_nodes, sample_node_ids
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +86,12 @@ class ReplyCheckMixin:
     After each :meth:`aggregate_train`, :attr:`client_metrics` contains the
     metrics of every valid reply, keyed by node id.
 
-    It also makes a run reproducible for a seed. The parent strategy samples
-    with ``random.sample`` from the connected nodes, listed here in the
-    order of ``node_registry`` (partition id first), so a seeded ``random``
-    picks the same partitions on every run. Replies are aggregated in the
-    same order, so their float sums are the same on every run too.
+    It also makes a run reproducible for a seed. Nodes are sampled as
+    Flower's FedAvg samples them, but from the connected nodes in the order
+    of ``node_registry`` (partition id first) and with :attr:`generator`,
+    which nothing else draws from. So a seed picks the same partitions on
+    every run. Replies are aggregated in the same order, so their float sums
+    are the same on every run too.
 
     Parameters
     ----------
@@ -98,7 +102,13 @@ class ReplyCheckMixin:
         least one valid reply is always needed.
     node_registry : NodeRegistry | None, default=None
         Identities of the nodes, which the caller refreshes before each
-        round; None starts an empty registry, which orders nodes by node id.
+        round. None starts an empty registry, which orders nodes by node id.
+    seed : int, default=0
+        Seed of :attr:`generator`, the sampling generator. A resumed run
+        restores its state from the checkpoint instead.
+    node_timeout : float, default=60.0
+        Seconds to wait for ``min_available_nodes`` connected nodes when
+        sampling.
     """
 
     def __init__(
@@ -107,38 +117,72 @@ class ReplyCheckMixin:
         reference_arrays: ArrayRecord,
         min_valid_fraction: float,
         node_registry: NodeRegistry | None = None,
+        seed: int = 0,
+        node_timeout: float = 60.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.reference_arrays = reference_arrays
         self.min_valid_fraction = min_valid_fraction
         self.node_registry = NodeRegistry() if node_registry is None else node_registry
+        self.generator = random.Random(seed)
+        self.node_timeout = node_timeout
         self.sampled_nodes: list[int] = []
         self.client_metrics: dict[int, dict[str, Any]] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample clients as the parent strategy does, from nodes in registry order.
+        """Sample ``fraction_train`` of the nodes and build their training messages.
 
         The sampled nodes are kept in :attr:`sampled_nodes` and logged by name.
         """
-        sorted_grid = SortedNodeGrid(grid, self.node_registry)
-        messages = list(super().configure_train(server_round, arrays, config, sorted_grid))  # type: ignore[misc]
-        self.sampled_nodes = [message.metadata.dst_node_id for message in messages]
+        self.sampled_nodes = []
+        if self.fraction_train == 0.0:  # type: ignore[attr-defined]
+            return []
+        self.sampled_nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)  # type: ignore[attr-defined]
         logger.info(
             "round %d: sampled %s",
             server_round,
             ", ".join(self.node_registry.name(node_id) for node_id in self.sampled_nodes),
         )
-        return messages
+        return self._messages(server_round, arrays, config, self.sampled_nodes, MessageType.TRAIN)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample clients to evaluate as the parent strategy does, from nodes in registry order."""
-        sorted_grid = SortedNodeGrid(grid, self.node_registry)
-        return super().configure_evaluate(server_round, arrays, config, sorted_grid)  # type: ignore[misc]
+        """Sample ``fraction_evaluate`` of the nodes and build their evaluation messages."""
+        if self.fraction_evaluate == 0.0:  # type: ignore[attr-defined]
+            return []
+        node_ids = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)  # type: ignore[attr-defined]
+        return self._messages(server_round, arrays, config, node_ids, MessageType.EVALUATE)
+
+    def _sample(self, grid: Grid, fraction: float, min_nodes: int) -> list[int]:
+        """Sample nodes with :attr:`generator` once ``min_available_nodes`` are connected."""
+        needed = max(self.min_available_nodes, min_nodes)  # type: ignore[attr-defined]
+        node_ids = connected_nodes(grid, self.node_registry, needed, self.node_timeout)
+        return sample_node_ids(node_ids, fraction, min_nodes, self.generator)
+
+    def _messages(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        node_ids: list[int],
+        message_type: str,
+    ) -> list[Message]:
+        """Return one message per node, all with the same weights and config.
+
+        ``server-round`` is added to ``config``, as Flower's FedAvg adds it.
+        """
+        config["server-round"] = server_round
+        content = RecordDict(
+            {self.arrayrecord_key: arrays, self.configrecord_key: config}  # type: ignore[attr-defined]
+        )
+        return [
+            Message(content=content, message_type=message_type, dst_node_id=node_id)
+            for node_id in node_ids
+        ]
 
     def sorted_replies(self, replies: Iterable[Message]) -> list[Message]:
         """Return ``replies`` in registry order of their sending nodes."""
@@ -236,12 +280,23 @@ class MetalsFedAvg(ReplyCheckMixin, FedAvg):
 class MetalsFedProx(ReplyCheckMixin, FedProx):
     """FedProx (Li et al., MLSys 2020) with reply checks; clients add the proximal term."""
 
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Build the training messages of :class:`ReplyCheckMixin` with ``proximal-mu`` added.
+
+        The mixin samples on its own and does not call FedProx's
+        ``configure_train``, which is where Flower adds ``proximal-mu``.
+        """
+        config["proximal-mu"] = self.proximal_mu
+        return super().configure_train(server_round, arrays, config, grid)
+
 
 def build_strategy(
     config: Mapping[str, Any],
     reference_arrays: ArrayRecord,
     node_registry: NodeRegistry | None = None,
-) -> FedAvg:
+) -> MetalsFedAvg | MetalsFedProx:
     """Create the strategy the run config names, FedAvg or FedProx with its ``proximal-mu``.
 
     Parameters
@@ -264,6 +319,8 @@ def build_strategy(
         "reference_arrays": reference_arrays,
         "min_valid_fraction": float(config["min-valid-fraction"]),
         "node_registry": node_registry,
+        "seed": int(config["seed"]),
+        "node_timeout": float(config["round-timeout"]),
     }
     if config["strategy"] == "fedprox":
         return MetalsFedProx(proximal_mu=float(config["proximal-mu"]), **common)

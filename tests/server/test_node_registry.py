@@ -1,4 +1,4 @@
-"""Node identities, and sampling and aggregation in their order whatever the node ids are."""
+"""Node identities, and seeded sampling and aggregation in their order whatever the node ids."""
 
 import itertools
 import logging
@@ -10,7 +10,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from metals.common.node_identity import IDENTITY_RECORD_KEY, NodeIdentity
-from metals.server.node_registry import NodeRegistry, SortedNodeGrid
+from metals.server.node_registry import NodeRegistry
+from metals.server.sampling import TooFewNodesError, connected_nodes, sample_node_ids
 from metals.server.strategy import REQUIRED_TRAIN_METRICS, MetalsFedAvg, MetalsFedProx
 
 REFERENCE = ArrayRecord({"w": Array(np.zeros(4, np.float32))})
@@ -134,6 +135,22 @@ def test_invalid_identity_record_logged(caplog):
     assert any("no valid identity" in record.getMessage() for record in caplog.records)
 
 
+def test_reconnected_node_no_duplicate(caplog):
+    # Prepare: the node of partition 2 reconnects under a new node id.
+    grid = _Grid({1: NodeIdentity(partition_id=2)})
+    registry = NodeRegistry()
+    registry.refresh(grid, timeout=1.0)
+    grid.identities = {6: NodeIdentity(partition_id=2)}
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="metals.server.node_registry"):
+        registry.refresh(grid, timeout=1.0)
+
+    # Assert
+    assert registry.name(6) == "partition-2"
+    assert caplog.records == []
+
+
 def test_duplicate_identity_logged(caplog):
     grid = _Grid({1: NodeIdentity(partition_id=2), 2: NodeIdentity(partition_id=2)})
 
@@ -158,23 +175,28 @@ def test_invalid_identity_rejected(record):
         NodeIdentity.from_record(record)
 
 
-def _sampled_partitions(seed, node_ids, strategy_class=MetalsFedAvg):
-    """Return the names of the nodes one round samples, 3 of 10, with ``random`` seeded."""
-    grid = _Grid(_partitions(node_ids))
-    registry = NodeRegistry()
-    registry.refresh(grid, timeout=1.0)
+def _strategy(registry, strategy_class=MetalsFedAvg, seed=0, fraction_train=0.3):
     extra = {"proximal_mu": 0.1} if strategy_class is MetalsFedProx else {}
-    strategy = strategy_class(
-        fraction_train=0.3,
+    return strategy_class(
+        fraction_train=fraction_train,
         fraction_evaluate=0.0,
         min_train_nodes=1,
-        min_available_nodes=10,
+        min_available_nodes=len(registry.identities),
         reference_arrays=REFERENCE,
         min_valid_fraction=0.5,
         node_registry=registry,
+        seed=seed,
+        node_timeout=0.0,
         **extra,
     )
-    random.seed(seed)
+
+
+def _sampled_partitions(seed, node_ids, strategy_class=MetalsFedAvg):
+    """Return the names of the nodes one round samples, 3 of 10, for a strategy seed."""
+    grid = _Grid(_partitions(node_ids))
+    registry = NodeRegistry()
+    registry.refresh(grid, timeout=1.0)
+    strategy = _strategy(registry, strategy_class, seed)
     strategy.configure_train(1, REFERENCE, ConfigRecord(), grid)
     return [registry.name(node_id) for node_id in strategy.sampled_nodes]
 
@@ -194,6 +216,17 @@ def test_sampling_ignores_node_ids(strategy_class):
     assert first == second
 
 
+def test_sampling_ignores_global_random():
+    node_ids = _random_node_ids(1, 10)
+    random.seed(1)
+    first = _sampled_partitions(11, node_ids)
+
+    random.seed(2)
+    second = _sampled_partitions(11, node_ids)
+
+    assert first == second
+
+
 def test_sampling_follows_seed():
     node_ids = _random_node_ids(1, 10)
 
@@ -203,13 +236,49 @@ def test_sampling_follows_seed():
     assert with_seed_11 != with_seed_12
 
 
-def test_sorted_grid_lists_connected_nodes_only():
+@pytest.mark.parametrize(
+    ("num_nodes", "fraction", "min_nodes", "expected"),
+    [(10, 0.3, 1, 3), (10, 0.05, 2, 2), (3, 1.0, 1, 3), (4, 0.5, 1, 2)],
+)
+def test_sample_size_follows_fraction(num_nodes, fraction, min_nodes, expected):
+    node_ids = list(range(num_nodes))
+
+    sampled = sample_node_ids(node_ids, fraction, min_nodes, random.Random(0))
+
+    assert len(sampled) == expected
+    assert len(set(sampled)) == expected
+    assert set(sampled) <= set(node_ids)
+
+
+def test_sample_more_than_connected_rejected():
+    with pytest.raises(TooFewNodesError, match="cannot sample 4 nodes from 3"):
+        sample_node_ids([1, 2, 3], 0.5, 4, random.Random(0))
+
+
+def test_too_few_connected_nodes_rejected():
     registry = NodeRegistry()
-    registry.refresh(_Grid(_partitions([7, 8, 9])), timeout=1.0)
 
-    view = SortedNodeGrid(_Grid(_partitions([9, 8])), registry)
+    with pytest.raises(TooFewNodesError, match="only 2 of 3 required nodes"):
+        connected_nodes(_Grid(_partitions([5, 6])), registry, needed=3, timeout=0.0)
 
-    assert view.get_node_ids() == [8, 9]
+
+def test_fedprox_messages_carry_round_and_mu():
+    # Prepare
+    grid = _Grid(_partitions([5, 6, 7]))
+    registry = NodeRegistry()
+    registry.refresh(grid, timeout=1.0)
+    strategy = _strategy(registry, MetalsFedProx, fraction_train=1.0)
+
+    # Execute
+    messages = list(strategy.configure_train(4, REFERENCE, ConfigRecord(), grid))
+
+    # Assert
+    assert sorted(message.metadata.dst_node_id for message in messages) == [5, 6, 7]
+    assert all(message.metadata.message_type == "train" for message in messages)
+    config = messages[0].content["config"]
+    assert config["server-round"] == 4
+    assert config["proximal-mu"] == 0.1
+    assert messages[0].content["arrays"] is REFERENCE
 
 
 def _train_reply(node_id, value):

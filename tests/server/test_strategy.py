@@ -151,6 +151,8 @@ def test_build_strategy_fedprox_sends_mu():
         "min-valid-fraction": 0.5,
         "strategy": "fedprox",
         "proximal-mu": 0.3,
+        "seed": 0,
+        "round-timeout": 10.0,
     }
     strategy = build_strategy(config, REFERENCE)
 
