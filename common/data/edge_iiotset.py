@@ -179,8 +179,8 @@ def _check_header_and_tail(path: Path) -> None:
 _CONVERSION_ERROR = "CSV conversion error"
 _READ_COLUMNS = [name for name in COLUMNS if name not in NOT_READ]
 _TEXT = pa.dictionary(pa.int32(), pa.string())
-# The fast read parses numbers while it parses the file; a file with text in
-# a numeric column (shifted or mixed-type rows) is read again as text.
+# The fast read converts numbers while it parses the file. A file with text
+# in a numeric column (shifted or mixed-type rows) is read again as text.
 _TYPED_COLUMNS = {
     name: (_TEXT if name in CATEGORICAL or name == ATTACK_TYPE else pa.float64())
     for name in _READ_COLUMNS
@@ -189,7 +189,7 @@ _TEXT_COLUMNS = dict.fromkeys(_READ_COLUMNS, pa.string())
 
 
 def _read_table(path: Path, column_types: dict[str, pa.DataType], malformed: list[int]) -> pa.Table:
-    """Parse the listed columns of ``path``; lines of the wrong width are skipped.
+    """Parse the listed columns of ``path``, skipping lines of the wrong width.
 
     Raises
     ------
@@ -235,7 +235,7 @@ def _fill_numeric(column: pa.ChunkedArray, out: np.ndarray) -> np.ndarray | None
     """Write a column's values as float64 into ``out`` and return its text mask.
 
     Empty values become NaN and are not text. A value that is not a number
-    becomes NaN and is True in the returned mask; ``None`` means no text.
+    becomes NaN and is True in the returned mask. ``None`` means no text.
     """
     try:
         numbers = pc.cast(column, pa.float64())

@@ -74,7 +74,7 @@ class Preprocessor:
             Rows with every feature column.
         rows : numpy.ndarray | None, default=None
             Positions of the training rows in ``frame``, int64 shape
-            (n_train,); ``None`` fits on every row.
+            (n_train,). ``None`` fits on every row.
 
         Returns
         -------
@@ -132,7 +132,7 @@ class Preprocessor:
             Rows with every feature column and the fine label in ``label``.
         rows : numpy.ndarray | None, default=None
             Positions of the rows to transform, int64 shape (n_rows,), in
-            the order of the output; ``None`` transforms every row.
+            the order of the output. ``None`` transforms every row.
 
         Returns
         -------

@@ -40,8 +40,8 @@ def drop_duplicates(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFra
 def row_hashes(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     """Return a 64-bit hash per row of ``columns``, uint64 shape (n_rows,).
 
-    Equal rows get equal hashes (0.0 and -0.0 alike, every NaN alike);
-    unequal rows may collide, so a repeated hash only marks candidates.
+    Equal rows get equal hashes, with 0.0 and -0.0 alike and every NaN
+    alike. Unequal rows may collide, so a repeated hash only marks candidates.
     Each column's 64-bit key is multiplied by its own odd constant, mixed
     with a xor-shift and summed modulo 2**64. float64 columns are hashed in
     row blocks from one (n_rows, n_columns) array, which is a view, not a
@@ -55,7 +55,7 @@ def row_hashes(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     values = frame[floats].to_numpy() if floats else np.zeros((len(frame), 0))
 
     def hash_block(start: int, stop: int) -> None:
-        # Adding 0.0 turns -0.0 into 0.0; NaN payloads are made one value.
+        # Adding 0.0 turns -0.0 into 0.0, and every NaN payload becomes one value.
         block = values[start:stop] + 0.0
         block[np.isnan(block)] = np.nan
         hashes[start:stop] = _mix(block.view(np.uint64), multipliers[: len(floats)]).sum(axis=1)
