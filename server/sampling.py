@@ -4,8 +4,8 @@ Flower 1.42's strategies sample with ``random.sample`` on the global
 ``random`` generator, from ``Grid.get_node_ids()``, which lists random node
 ids in set order. Seeding the global generator does not fix the sample
 either, because other code in the server process draws from it at times
-that vary (in Flower 1.42 the heartbeat and retry jitter, in Ray 2.55 the
-search for a free port). Here the nodes are listed in the order of their
+that vary. In Flower 1.42 that is the heartbeat and retry jitter, and in
+Ray 2.55 the search for a free port. Here the nodes are listed in the order of their
 identities and sampled with a generator that only the strategy uses.
 """
 
@@ -49,6 +49,7 @@ def connected_nodes(grid: Grid, registry: NodeRegistry, needed: int, timeout: fl
         When fewer than ``needed`` nodes are connected after ``timeout`` seconds.
     """
     deadline = time.monotonic() + timeout
+    logged_count = -1
     while True:
         node_ids = registry.sorted(grid.get_node_ids())
         if len(node_ids) >= needed:
@@ -58,7 +59,9 @@ def connected_nodes(grid: Grid, registry: NodeRegistry, needed: int, timeout: fl
                 f"only {len(node_ids)} of {needed} required nodes connected within "
                 f"{timeout:g} s; start more SuperNodes or lower min-available-nodes"
             )
-        logger.info("waiting for nodes: %d of %d connected", len(node_ids), needed)
+        if len(node_ids) != logged_count:
+            logger.info("waiting for nodes: %d of %d connected", len(node_ids), needed)
+            logged_count = len(node_ids)
         time.sleep(_POLL_SECONDS)
 
 

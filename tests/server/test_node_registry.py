@@ -262,6 +262,28 @@ def test_too_few_connected_nodes_rejected():
         connected_nodes(_Grid(_partitions([5, 6])), registry, needed=3, timeout=0.0)
 
 
+def test_connected_nodes_waits_for_late_node():
+    # Prepare: the third node connects after the first check.
+    class _LateGrid(_Grid):
+        def __init__(self, identities):
+            super().__init__(identities)
+            self.checks = 0
+
+        def get_node_ids(self):
+            self.checks += 1
+            return set(self.identities) if self.checks > 1 else {5, 6}
+
+    registry = NodeRegistry()
+    registry.refresh(_Grid(_partitions([7, 6, 5])), timeout=1.0)
+    grid = _LateGrid(_partitions([7, 6, 5]))
+
+    # Execute
+    node_ids = connected_nodes(grid, registry, needed=3, timeout=10.0)
+
+    # Assert: in partition order, whatever the node ids.
+    assert node_ids == [7, 6, 5]
+
+
 def test_fedprox_messages_carry_round_and_mu():
     # Prepare
     grid = _Grid(_partitions([5, 6, 7]))
