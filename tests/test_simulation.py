@@ -187,6 +187,10 @@ def test_killed_run_resumes_from_last_round(finished_run, data_dir, tmp_path):
         assert np.array_equal(new["labeled"][: len(old["labeled"])], old["labeled"])
     assert after["labels_queried_total"].tolist() == uninterrupted["labels_queried_total"].tolist()
 
+    # Assert: the resumed run ends with the uninterrupted run's metrics, bit for bit.
+    timings = "round_seconds"
+    assert after.drop(columns=timings).equals(uninterrupted.drop(columns=timings))
+
 
 def test_existing_run_without_resume_rejected(finished_run, data_dir):
     run_dir, _, _ = finished_run
