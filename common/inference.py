@@ -29,6 +29,7 @@ from metals.common.model import MLP
 from metals.common.runconfig import parse_hidden_layers
 from metals.common.traffic import (
     BadRecord,
+    TrafficChunk,
     TrafficLayout,
     inspect_columns,
     iter_traffic_chunks,
@@ -374,25 +375,42 @@ def detect_chunks(
         When the file is missing, empty, or has unknown or missing columns.
     """
     columns = inspect_columns(path, detector.layout)
-    label = detector.layout.label
-    has_label = bool(label) and label in columns.read
     chunks = iter_traffic_chunks(path, detector.layout, chunk_size=chunk_size, columns=columns)
-    for chunk in prefetch(chunks):
-        frame = chunk.frame
-        x = detector.features(frame)
-        probabilities = detector.predict_proba(x)
-        predicted = probabilities.argmax(axis=1)
+    # Three stages on their own threads: parsing (pyarrow), encoding (numpy) and
+    # the forward pass (torch) all release the GIL, so they share the cores.
+    encoded = prefetch(_encode_chunks(detector, prefetch(chunks), columns.read))
+    # Leave one core to the parsing and encoding threads. torch's threads spin
+    # while they wait, so a thread per core would take cycles from those stages.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads - 1))
+    try:
+        for chunk, x, true in encoded:
+            probabilities = detector.predict_proba(x)
+            predicted = probabilities.argmax(axis=1)
+            yield ChunkPrediction(
+                lines=chunk.lines,
+                predicted=predicted.astype(np.int64),
+                probability=probabilities[np.arange(len(predicted)), predicted],
+                true=true,
+                bad=chunk.bad,
+            )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _encode_chunks(
+    detector: Detector, chunks: Iterator[TrafficChunk], read: tuple[str, ...]
+) -> Iterator[tuple[TrafficChunk, np.ndarray, np.ndarray | None]]:
+    """Yield each chunk with its model input and the class indices of its own labels."""
+    label = detector.layout.label
+    has_label = bool(label) and label in read
+    for chunk in chunks:
+        x = detector.features(chunk.frame)
         true = None
-        if has_label and len(frame):
-            true = _true_classes(detector, frame[label], first_line=int(chunk.lines[0]))
+        if has_label and len(chunk.frame):
+            true = _true_classes(detector, chunk.frame[label], first_line=int(chunk.lines[0]))
             has_label = true is not None
-        yield ChunkPrediction(
-            lines=chunk.lines,
-            predicted=predicted.astype(np.int64),
-            probability=probabilities[np.arange(len(predicted)), predicted],
-            true=true,
-            bad=chunk.bad,
-        )
+        yield chunk, x, true
 
 
 def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
@@ -427,6 +445,11 @@ def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
             slots.put(("end", None))
         except BaseException as error:  # raised again in the consumer
             slots.put(("error", error))
+        finally:
+            # A stopped generator stops its own stages too (a nested prefetch).
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     worker = threading.Thread(target=produce, name="metals-prefetch", daemon=True)
     worker.start()

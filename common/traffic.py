@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 NEWLINE = 10
 MIN_READ_BYTES = 1 << 20
+#: Arrow type of the text columns: the distinct values once, int32 codes per record.
+TEXT_TYPE = pa.dictionary(pa.int32(), pa.string())
 
 
 class TrafficFileError(ValueError):
@@ -128,8 +130,8 @@ class TrafficChunk:
     ----------
     frame : pandas.DataFrame
         Readable records of shape (n_records, n_columns), columns
-        ``FileColumns.read``. Numeric columns are float64, the others strings
-        without leading or trailing spaces.
+        ``FileColumns.read``. Numeric columns are float64, the others pandas
+        categoricals of strings without leading or trailing spaces.
     lines : numpy.ndarray
         int64 (n_records,): the 1-based line number of each row of ``frame``.
     bad : list[BadRecord]
@@ -296,25 +298,32 @@ def iter_traffic_chunks(
 
             if len(newlines) >= chunk_size:
                 cut = int(newlines[chunk_size - 1]) + 1
+                block_newlines = newlines[:chunk_size]
                 newlines = newlines[chunk_size:] - cut
             else:
                 cut = len(pending)
+                block_newlines = newlines
                 newlines = np.zeros(0, dtype=np.int64)
             block, pending = pending[:cut], pending[cut:]
             if first_line == 1 and block.startswith(b"\xef\xbb\xbf"):
                 block = block[3:]
+                block_newlines = block_newlines - 3
             if not block:
                 return
-            chunk = _parse_block(block, first_line, columns, layout, path)
-            first_line += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+            starts = _line_starts(block_newlines, len(block))
+            chunk = _parse_block(block, starts, first_line, columns, layout, path)
+            first_line += len(starts)
             yield chunk
 
 
-def _line_starts(block: bytes) -> np.ndarray:
-    """Return the byte offset of each line of ``block``, shape (n_lines,)."""
-    newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == NEWLINE)
+def _line_starts(newlines: np.ndarray, size: int) -> np.ndarray:
+    """Return the byte offset of each line of a block, shape (n_lines,).
+
+    ``newlines`` holds the offsets of the block's line breaks and ``size``
+    its length in bytes; a last line without a line break counts too.
+    """
     starts = np.concatenate(([0], newlines + 1))
-    return starts[starts < len(block)]
+    return starts[starts < size]
 
 
 def _non_empty_lines(block: bytes, starts: np.ndarray) -> np.ndarray:
@@ -330,12 +339,14 @@ def _non_empty_lines(block: bytes, starts: np.ndarray) -> np.ndarray:
 
 
 def _parse_block(
-    block: bytes, first_line: int, columns: FileColumns, layout: TrafficLayout, path: Path
+    block: bytes,
+    starts: np.ndarray,
+    first_line: int,
+    columns: FileColumns,
+    layout: TrafficLayout,
+    path: Path,
 ) -> TrafficChunk:
-    """Parse one chunk of whole lines into a :class:`TrafficChunk`."""
-    starts = _line_starts(block)
-    non_empty = _non_empty_lines(block, starts)
-
+    """Parse one chunk of whole lines, starting at byte offsets ``starts``, into a chunk."""
     # Rows with the wrong number of fields are skipped by pyarrow and located by their text.
     wrong_width: list[str] = []
 
@@ -344,8 +355,12 @@ def _parse_block(
         return "skip"
 
     numeric = [name for name in columns.read if name in layout.numeric]
-    strings = {name: pa.string() for name in columns.read if name not in layout.numeric}
-    read_options = pacsv.ReadOptions(column_names=list(columns.names), use_threads=True)
+    # Text columns arrive dictionary-encoded and become pandas categoricals, so
+    # the preprocessing looks up each distinct value once, not once per record.
+    text = {name: TEXT_TYPE for name in columns.read if name not in layout.numeric}
+    # One parsing thread: a caller such as metals detect runs the encoding and the
+    # forward pass on the other cores, and pyarrow's own threads would compete with them.
+    read_options = pacsv.ReadOptions(column_names=list(columns.names), use_threads=False)
     parse_options = pacsv.ParseOptions(invalid_row_handler=skip_row)
     try:
         table = pacsv.read_csv(
@@ -354,7 +369,7 @@ def _parse_block(
             parse_options=parse_options,
             convert_options=pacsv.ConvertOptions(
                 include_columns=list(columns.read),
-                column_types={**strings, **{name: pa.float64() for name in numeric}},
+                column_types={**text, **{name: pa.float64() for name in numeric}},
             ),
         )
         frame = _trimmed(table).to_pandas()
@@ -368,43 +383,32 @@ def _parse_block(
             parse_options=parse_options,
             convert_options=pacsv.ConvertOptions(
                 include_columns=list(columns.read),
-                column_types={name: pa.string() for name in columns.read},
+                column_types={**text, **{name: pa.string() for name in numeric}},
             ),
         )
         frame, invalid = _coerce_numeric(
             _trimmed(table).to_pandas(), numeric, booleans=layout.boolean_numbers
         )
 
-    bad_index = _locate_rows(block, starts, wrong_width, path, first_line)
-    bad = [
-        BadRecord(
-            int(first_line + index), f"wrong number of fields (expected {len(columns.names)})"
-        )
-        for index in bad_index
-    ]
-    is_row = non_empty.copy()
-    is_row[bad_index] = False
-    row_index = np.flatnonzero(is_row)
-    if len(row_index) != len(frame):
-        raise TrafficFileError(
-            f"{path}: could not match the {len(frame)} records parsed from lines "
-            f"{first_line}-{first_line + len(starts) - 1} to those lines; a quoted value "
-            "probably contains a line break, which this reader does not accept"
-        )
-    lines = (row_index + first_line).astype(np.int64)
+    if not wrong_width and len(frame) == len(starts):
+        # Every line is a record: a row consumes at least one non-empty line.
+        bad: list[BadRecord] = []
+        lines = np.arange(first_line, first_line + len(starts), dtype=np.int64)
+    else:
+        bad, lines = _match_lines(block, starts, wrong_width, len(frame), first_line, columns, path)
 
     # Numbers that did not parse, then missing or infinite feature values.
     reasons = dict(invalid)
     required = [name for name in numeric if name in layout.features and name not in layout.nullable]
-    if required:
-        values = frame[required].to_numpy(dtype=np.float64)
+    for name in required:
+        values = frame[name].to_numpy(dtype=np.float64)
         not_finite = ~np.isfinite(values)
-        for row in np.flatnonzero(not_finite.any(axis=1)):
-            if row in reasons:
-                continue
-            position = int(np.argmax(not_finite[row]))
-            kind = "missing" if np.isnan(values[row, position]) else "infinite"
-            reasons[int(row)] = f"{kind} value in column '{required[position]}'"
+        if not not_finite.any():
+            continue
+        # Columns are checked in layout order, so a row names its first bad column.
+        for row in np.flatnonzero(not_finite):
+            kind = "missing" if np.isnan(values[row]) else "infinite"
+            reasons.setdefault(int(row), f"{kind} value in column '{name}'")
     text_required = [
         name
         for name in columns.read
@@ -430,14 +434,60 @@ def _parse_block(
     return TrafficChunk(frame=frame, lines=lines, bad=bad)
 
 
+def _match_lines(
+    block: bytes,
+    starts: np.ndarray,
+    wrong_width: list[str],
+    n_records: int,
+    first_line: int,
+    columns: FileColumns,
+    path: Path,
+) -> tuple[list[BadRecord], np.ndarray]:
+    """Return the records skipped for their field count and the line of each parsed record."""
+    non_empty = _non_empty_lines(block, starts)
+    bad_index = _locate_rows(block, starts, wrong_width, path, first_line)
+    bad = [
+        BadRecord(
+            int(first_line + index), f"wrong number of fields (expected {len(columns.names)})"
+        )
+        for index in bad_index
+    ]
+    is_row = non_empty.copy()
+    is_row[bad_index] = False
+    row_index = np.flatnonzero(is_row)
+    if len(row_index) != n_records:
+        raise TrafficFileError(
+            f"{path}: could not match the {n_records} records parsed from lines "
+            f"{first_line}-{first_line + len(starts) - 1} to those lines; a quoted value "
+            "probably contains a line break, which this reader does not accept"
+        )
+    return bad, (row_index + first_line).astype(np.int64)
+
+
 def _trimmed(table: pa.Table) -> pa.Table:
     """Strip leading and trailing spaces from every text column, as training does."""
     for position, column in enumerate(table.columns):
         if pa.types.is_string(column.type):
-            table = table.set_column(
-                position, table.field(position), pacompute.utf8_trim_whitespace(column)
+            trimmed = pacompute.utf8_trim_whitespace(column)
+        elif pa.types.is_dictionary(column.type):
+            trimmed = pa.chunked_array(
+                [_trimmed_dictionary(chunk) for chunk in column.chunks], type=column.type
             )
+        else:
+            continue
+        table = table.set_column(position, table.field(position), trimmed)
     return table
+
+
+def _trimmed_dictionary(array: pa.DictionaryArray) -> pa.DictionaryArray:
+    """Strip spaces from the distinct values of ``array``, merging values that become equal."""
+    dictionary = pacompute.utf8_trim_whitespace(array.dictionary)
+    if dictionary.equals(array.dictionary):
+        return array
+    # " tcp" and "tcp" both become "tcp": encode the trimmed values again.
+    encoded = dictionary.dictionary_encode()
+    indices = encoded.indices.take(array.indices)
+    return pa.DictionaryArray.from_arrays(indices, encoded.dictionary)
 
 
 def _spell_numbers(values: pd.Series) -> pd.Series:
