@@ -181,6 +181,17 @@ def measure(step: str, model: Path, data: Path, out: Path, chunk_size: int) -> d
     return result
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Return the median wall, CPU and process seconds of ``runs`` and their largest RSS."""
+    import statistics
+
+    result = dict(runs[0])
+    for key in ("seconds", "cpu_seconds", "process_seconds"):
+        result[key] = statistics.median(run[key] for run in runs)
+    result["max_rss_mib"] = max(run["max_rss_mib"] for run in runs)
+    return result
+
+
 def machine() -> str:
     model = "unknown CPU"
     try:
@@ -206,7 +217,8 @@ def format_section(
         START_MARK,
         "## metals detect: end to end against the bare forward pass",
         "",
-        f"Machine: {host}. Load average before the run: {load} (other jobs shared the cores).",
+        f"Machine: {host}. Load average (1, 5, 15 min): {load} the run; other jobs",
+        "shared the cores.",
         "",
         f"Command: `{command}`",
         "",
@@ -216,7 +228,8 @@ def format_section(
         "process's ru_maxrss. *floor* is the forward pass alone over the prepared float32",
         "tensor of the same records; *detect* is `metals detect --out PRED.csv` from",
         "loading the run to the last written row; *parse* is the chunked reader alone.",
-        f"Seconds are the fastest of {repeats} runs, peak RSS the largest.",
+        f"Each size runs floor, parse and detect in turn, {repeats} times; seconds are the",
+        "medians, peak RSS the largest.",
         "",
         "*CPU s* is the user and system time of the same section over all threads, which",
         "other jobs on the machine disturb less than wall time. *process* is the wall time",
@@ -276,8 +289,8 @@ def main() -> None:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=3,
-        help="runs per step; the table shows the fastest (default 3)",
+        default=5,
+        help="runs per step, interleaved; the table shows the medians (default 5)",
     )
     parser.add_argument(
         "--work",
@@ -303,14 +316,14 @@ def main() -> None:
     for records in args.records:
         traffic = build_traffic(source, args.work / f"traffic-{records}.csv", records)
         out = args.work / f"predictions-{records}.csv"
-        results = {}
-        for step in ("floor", "parse", "detect"):
-            # Best time of the repeats, peak memory of the worst: other jobs share the cores.
-            runs = [measure(step, model, traffic, out, args.chunk_size)
-                    for _ in range(args.repeats)]  # fmt: skip
-            best = min(runs, key=lambda run: run["seconds"])
-            best["max_rss_mib"] = max(run["max_rss_mib"] for run in runs)
-            results[step] = best
+        steps = ("floor", "parse", "detect")
+        # Interleave the steps within each repeat, so a burst of load from other jobs
+        # hits every step alike; the table reports medians.
+        runs: dict[str, list[dict]] = {step: [] for step in steps}
+        for _ in range(args.repeats):
+            for step in steps:
+                runs[step].append(measure(step, model, traffic, out, args.chunk_size))
+        results = {step: median_run(step_runs) for step, step_runs in runs.items()}
         floor = results["floor"]["seconds"]
         for step, result in results.items():
             rows.append({"records": records, "step": step, "seconds": result["seconds"],
@@ -324,11 +337,19 @@ def main() -> None:
                   f"floor  CPU {result['cpu_seconds']:6.2f} s "
                   f"peak RSS {result['max_rss_mib']:6.0f} MiB "
                   f"(process {result['process_seconds']:.1f} s)", flush=True)  # fmt: skip
+    load_after = " ".join(f"{value:.1f}" for value in os.getloadavg())
 
     command = "METALS_DATA_DIR=../shared/data python bench/bench_detect.py " + " ".join(
         sys.argv[1:]
     )
-    section = format_section(rows, command.strip(), machine(), load, args.chunk_size, args.repeats)
+    section = format_section(
+        rows,
+        command.strip(),
+        machine(),
+        f"{load} before, {load_after} after",
+        args.chunk_size,
+        args.repeats,
+    )
     if args.write_page:
         write_page(section)
         print(f"wrote {PAGE}")
