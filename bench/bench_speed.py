@@ -498,13 +498,13 @@ def _profile_lines(pair: dict[str, Any], profile: dict[str, Any] | None) -> list
             "",
         ]
         steady = steady_round(pair["metals"]["round_seconds"])
-        per_actor = profile["handler_seconds"] / 2
         lines += [
-            f"With two actors the handlers take about {per_actor:.2f} s of a metals round "
-            f"(median {steady:.2f} s); the rest, about {max(steady - per_actor, 0):.2f} s, "
-            "is the server's aggregation and global evaluation (see the floor's phases) "
-            "and Flower's and Ray's message handling. This split is an estimate from two "
-            "separate measurements.",
+            f"With two actors, the handler work comes to about "
+            f"{profile['handler_seconds'] / 2:.2f} s per actor and round, against a median "
+            f"metals round of {steady:.2f} s in the same-run table. The two numbers come from "
+            "separate processes measured at different moments of a shared machine, so compare "
+            "them only roughly. The server-thread profile below splits one run's round loop "
+            "directly.",
             "",
         ]
     if profile is not None and "startup" in profile:
