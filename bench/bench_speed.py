@@ -5,9 +5,9 @@ docs/benchmarks.md and to JSON files in the work folder:
 
 1. The same run: ``metals run +experiment=metals_paper`` (NSL-KDD, 100
    clients, 20 sampled per round, 50 rounds, 10 local epochs) and the floor
-   with the same overrides, one after the other, each as a fresh process
-   measured end to end from the shell (interpreter start, imports, data,
-   Ray start-up, every round, shutdown), and per round.
+   with the same overrides, one after the other. Each runs as a fresh
+   process, timed end to end (interpreter start, imports, data, Ray
+   start-up, every round, shutdown) and per round.
 2. Scaling: 10, 50, 100 and 500 clients with 20% sampled, a few rounds
    each; time per round (median over rounds 2 and later, so that round 1
    with the actors' start-up is left out) and peak memory.
@@ -287,9 +287,9 @@ def profile_round(work: Path, overrides: list[str]) -> dict[str, Any]:
 def profile_startup(work: Path, overrides: list[str]) -> dict[str, Any]:
     """Run a short metals run under cProfile in this process and time its start-up steps.
 
-    Only the main thread is profiled, so the ServerApp's round loop (its
-    own thread) and the Ray actors (other processes) are not; their cost
-    shows in round 1 of ``metrics.csv``.
+    The driver's main thread and the ServerApp's round loop (its own
+    thread) are profiled. The Ray actors run in other processes, so their
+    start-up shows only in round 1 of ``metrics.csv``.
     """
     import cProfile
     import pstats
