@@ -279,51 +279,63 @@ def iter_traffic_chunks(
             handle.readline()
         first_line = columns.header_lines + 1
         pending = b""
-        newlines = np.zeros(0, dtype=np.int64)  # positions of b"\n" in pending
+        pending_lines = 0  # line breaks in pending
         read_bytes = MIN_READ_BYTES
         at_end = False
         while True:
-            while len(newlines) < chunk_size and not at_end:
+            while pending_lines < chunk_size and not at_end:
                 data = handle.read(read_bytes)
                 if not data:
                     at_end = True
                     break
-                found = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == NEWLINE)
-                newlines = np.concatenate((newlines, found + len(pending)))
+                pending_lines += data.count(b"\n")
                 pending += data
                 # Size later reads from the observed line length to cut the number of reads.
-                if len(newlines):
-                    per_line = len(pending) / len(newlines)
+                if pending_lines:
+                    per_line = len(pending) / pending_lines
                     read_bytes = max(MIN_READ_BYTES, int(per_line * chunk_size * 1.1))
 
-            if len(newlines) >= chunk_size:
-                cut = int(newlines[chunk_size - 1]) + 1
-                block_newlines = newlines[:chunk_size]
-                newlines = newlines[chunk_size:] - cut
+            if pending_lines >= chunk_size:
+                cut = _cut_after_line(pending, pending_lines, chunk_size)
+                n_lines = chunk_size
+                pending_lines -= chunk_size
             else:
+                # The rest of the file; its last line may lack a line break.
                 cut = len(pending)
-                block_newlines = newlines
-                newlines = np.zeros(0, dtype=np.int64)
+                n_lines = pending_lines + (0 if pending.endswith(b"\n") else 1)
+                pending_lines = 0
             block, pending = pending[:cut], pending[cut:]
             if first_line == 1 and block.startswith(b"\xef\xbb\xbf"):
                 block = block[3:]
-                block_newlines = block_newlines - 3
             if not block:
                 return
-            starts = _line_starts(block_newlines, len(block))
-            chunk = _parse_block(block, starts, first_line, columns, layout, path)
-            first_line += len(starts)
+            chunk = _parse_block(block, n_lines, first_line, columns, layout, path)
+            first_line += n_lines
             yield chunk
 
 
-def _line_starts(newlines: np.ndarray, size: int) -> np.ndarray:
-    """Return the byte offset of each line of a block, shape (n_lines,).
+def _cut_after_line(data: bytes, n_breaks: int, n_lines: int) -> int:
+    """Return the offset just after the ``n_lines``-th line break of ``data``.
 
-    ``newlines`` holds the offsets of the block's line breaks and ``size``
-    its length in bytes; a last line without a line break counts too.
+    ``data`` contains ``n_breaks`` >= ``n_lines`` line breaks. Only the tail
+    after the cut is scanned, because reads end a little past it.
     """
+    after = n_breaks - n_lines  # line breaks that follow the cut
+    window = max(MIN_READ_BYTES, int(len(data) / n_breaks * (after + 1) * 1.5))
+    while True:
+        start = max(0, len(data) - window)
+        tail = np.frombuffer(data, dtype=np.uint8, offset=start)
+        breaks = np.flatnonzero(tail == NEWLINE)
+        if len(breaks) > after:
+            return start + int(breaks[len(breaks) - after - 1]) + 1
+        window *= 2
+
+
+def _line_starts(block: bytes) -> np.ndarray:
+    """Return the byte offset of each line of ``block``, shape (n_lines,)."""
+    newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == NEWLINE)
     starts = np.concatenate(([0], newlines + 1))
-    return starts[starts < size]
+    return starts[starts < len(block)]
 
 
 def _non_empty_lines(block: bytes, starts: np.ndarray) -> np.ndarray:
@@ -340,13 +352,13 @@ def _non_empty_lines(block: bytes, starts: np.ndarray) -> np.ndarray:
 
 def _parse_block(
     block: bytes,
-    starts: np.ndarray,
+    n_lines: int,
     first_line: int,
     columns: FileColumns,
     layout: TrafficLayout,
     path: Path,
 ) -> TrafficChunk:
-    """Parse one chunk of whole lines, starting at byte offsets ``starts``, into a chunk."""
+    """Parse one chunk of ``n_lines`` whole lines into a :class:`TrafficChunk`."""
     # Rows with the wrong number of fields are skipped by pyarrow and located by their text.
     wrong_width: list[str] = []
 
@@ -390,12 +402,12 @@ def _parse_block(
             _trimmed(table).to_pandas(), numeric, booleans=layout.boolean_numbers
         )
 
-    if not wrong_width and len(frame) == len(starts):
+    if not wrong_width and len(frame) == n_lines:
         # Every line is a record: a row consumes at least one non-empty line.
         bad: list[BadRecord] = []
-        lines = np.arange(first_line, first_line + len(starts), dtype=np.int64)
+        lines = np.arange(first_line, first_line + n_lines, dtype=np.int64)
     else:
-        bad, lines = _match_lines(block, starts, wrong_width, len(frame), first_line, columns, path)
+        bad, lines = _match_lines(block, wrong_width, len(frame), first_line, columns, path)
 
     # Numbers that did not parse, then missing or infinite feature values.
     reasons = dict(invalid)
@@ -436,7 +448,6 @@ def _parse_block(
 
 def _match_lines(
     block: bytes,
-    starts: np.ndarray,
     wrong_width: list[str],
     n_records: int,
     first_line: int,
@@ -444,6 +455,7 @@ def _match_lines(
     path: Path,
 ) -> tuple[list[BadRecord], np.ndarray]:
     """Return the records skipped for their field count and the line of each parsed record."""
+    starts = _line_starts(block)
     non_empty = _non_empty_lines(block, starts)
     bad_index = _locate_rows(block, starts, wrong_width, path, first_line)
     bad = [
