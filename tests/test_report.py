@@ -192,7 +192,8 @@ def _write_run(run_dir: Path, accuracies: list[float], shares: list[float]) -> N
         }
         lines.append(",".join(str(row[column]) for column in METRICS_COLUMNS))
     (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
-    (run_dir / "summary.json").write_text(json.dumps({"accuracy": accuracies[-1]}))
+    summary = {"accuracy": accuracies[-1], "support": {"normal": 60, "attack": 40}}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
 @pytest.fixture()
@@ -260,6 +261,7 @@ def test_page_names_command_and_weak_strategy(small_grid, tmp_path):
     assert "FedAvg, margin does not beat" not in text
     assert (tmp_path / "docs" / "figures" / "nsl_kdd-label-efficiency.png").is_file()
     assert "](figures/nsl_kdd-label-efficiency.png)" in text
+    assert "'normal', makes up 0.6000 of it" in text
 
 
 def test_page_lists_unfinished_runs(small_grid, tmp_path):

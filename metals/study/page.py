@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import platform
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -46,11 +47,14 @@ class CellResult:
         Seeds with a finished run.
     rounds : list[list[dict[str, float]]]
         ``metrics.csv`` rows of each finished seed, in seed order.
+    run_dirs : list[Path]
+        Run directory of each finished seed, in seed order.
     """
 
     cell: Cell
     seeds: list[int]
     rounds: list[list[dict[str, float]]]
+    run_dirs: list[Path] = field(default_factory=list)
 
     def values(self, column: str, where: str = "last") -> list[float]:
         """Return ``column`` of the first or last round of every seed."""
@@ -92,6 +96,7 @@ def collect_results(runs: Sequence[GridRun]) -> tuple[list[CellResult], list[Gri
             continue
         result.seeds.append(run.seed)
         result.rounds.append(rows)
+        result.run_dirs.append(run.run_dir)
     return [result for result in by_cell.values() if result.seeds], missing
 
 
@@ -312,6 +317,22 @@ def plot_rounds(results: Sequence[CellResult], path: Path, command: str, title: 
 DATASET_NAMES = {"nsl_kdd": "NSL-KDD", "ton_iot": "TON_IoT", "edge_iiotset": "Edge-IIoTset"}
 
 
+def majority_share(run_dir: Path) -> tuple[str, float] | None:
+    """Return the test set's most frequent class and its share, from a run's ``summary.json``.
+
+    Returns None when the file has no per-class ``support`` entry.
+    """
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    support = summary.get("support")
+    if not isinstance(support, dict) or not support or sum(support.values()) == 0:
+        return None
+    name = max(support, key=support.get)
+    return name, support[name] / sum(support.values())
+
+
 def _dataset_section(
     dataset: str,
     results: Sequence[CellResult],
@@ -327,6 +348,13 @@ def _dataset_section(
             partitions.append(result.cell.partition)
 
     lines = [f"## {name}", ""]
+    majority = majority_share(results[0].run_dirs[0]) if results[0].run_dirs else None
+    if majority is not None:
+        lines += [
+            f"The most frequent class of the global test set, {majority[0]!r}, makes up "
+            f"{majority[1]:.4f} of it: a model that always predicts it reaches that accuracy.",
+            "",
+        ]
     groups = []
     verdicts: list[str] = []
     compared = 0
