@@ -275,11 +275,11 @@ def plot_label_efficiency(
             )
 
         axis.set_title(f"{partition.label}, FedAvg")
+        axis.legend(fontsize=7, loc="lower right")
         axis.set_xlabel("labeled share of all clients' pools")
         axis.grid(alpha=0.3)
 
     axes[0][0].set_ylabel("global accuracy (mean ± sd over seeds)")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
     figure.suptitle(title)
     _footer(figure, command)
     figure.tight_layout(rect=(0, 0.08, 1, 1))
