@@ -182,13 +182,15 @@ def measure(step: str, model: Path, data: Path, out: Path, chunk_size: int) -> d
 
 
 def median_run(runs: list[dict]) -> dict:
-    """Return the median wall, CPU and process seconds of ``runs`` and their largest RSS."""
+    """Return the median wall, CPU and process seconds of ``runs``, the fastest wall
+    seconds and the largest RSS."""
     import statistics
 
     result = dict(runs[0])
     for key in ("seconds", "cpu_seconds", "process_seconds"):
         result[key] = statistics.median(run[key] for run in runs)
     result["max_rss_mib"] = max(run["max_rss_mib"] for run in runs)
+    result["fastest_seconds"] = min(run["seconds"] for run in runs)
     return result
 
 
@@ -254,13 +256,21 @@ def summary_lines(rows: list[dict]) -> list[str]:
     """Return the goal check and the memory comparison as Markdown bullets."""
     detect = [row for row in rows if row["step"] == "detect"]
     largest = max(detect, key=lambda row: row["records"])
-    met = "met" if largest["ratio"] <= 2.0 else "**not met in this run**"
+    # Under load the floor's wall time rose more than detect's in the measured runs,
+    # so the median ratio flatters detect. The goal check also needs the fastest
+    # runs, which come from the quietest moments.
+    met = largest["ratio"] <= 2.0 and largest["fastest_ratio"] <= 2.0
     bullets = [
         f"- detect / floor at {largest['records']:,} records: {largest['ratio']:.1f}x wall "
-        f"time, {largest['cpu_ratio']:.1f}x CPU time (goal <= 2x end to end: {met})",
+        f"time (medians), {largest['fastest_ratio']:.1f}x between the fastest runs, "
+        f"{largest['cpu_ratio']:.1f}x CPU time (goal <= 2x end to end: "
+        f"{'met' if met else '**not met**'})",
         "- peak RSS of detect by file size: "
         + ", ".join(f"{row['records']:,}: {row['max_rss_mib']:.0f} MiB" for row in detect)
-        + " (the floor holds the whole prepared tensor, so its RSS grows with the file)",
+        + " (the floor holds the whole prepared tensor, so its RSS grows with the file). "
+        "detect keeps up to five chunks in flight, so a file of fewer chunks uses less",
+        "- detect runs parsing, encoding and the forward pass on three threads and gives "
+        "torch one thread fewer than its default; the floor uses torch's default threads",
     ]
     return bullets
 
@@ -331,6 +341,8 @@ def main() -> None:
                          "cpu_seconds": result["cpu_seconds"],
                          "cpu_ratio": result["cpu_seconds"] / results["floor"]["cpu_seconds"],
                          "max_rss_mib": result["max_rss_mib"],
+                         "fastest_ratio": result["fastest_seconds"]
+                         / results["floor"]["fastest_seconds"],
                          "process_seconds": result["process_seconds"]})  # fmt: skip
             print(f"{records:>9,} {step:<7} {result['seconds']:7.2f} s "
                   f"{records / result['seconds']:>12,.0f} rec/s {result['seconds'] / floor:5.1f}x "
