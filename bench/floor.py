@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from metals.common.al import query_count, select_queries
 from metals.common.data import PreparedData, oversample_smote, partition_indices, prepare_dataset
 from metals.common.data.partition import split_client_pools
