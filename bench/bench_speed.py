@@ -398,16 +398,18 @@ def format_section(
         MARK_BEGIN,
         "## Speed: `metals run` against a plain PyTorch loop",
         "",
-        f"Command: `{command}`. Machine: {machine()}. Load average during the run: {load} "
-        "(other jobs shared the 2 cores, so absolute times are high and noisy; the floor and "
-        "metals ran one after the other in the same period).",
+        f"Command: `{command}`. Machine: {machine()}. Load average during the run: {load}. "
+        "The floor and metals ran one after the other in the same period, so compare their "
+        "ratio; a load above 2 means other jobs shared the 2 cores and absolute times are "
+        "high.",
         "",
         "The floor (`bench/floor.py`) computes the same run as one single-process PyTorch loop "
         "on one core. It uses the same prepared data, client partitions and pools, AL queries, "
         "local epochs and per-round seeds, FedAvg aggregation and global evaluation, and runs "
-        "without Flower, Ray, messages, checkpoints or result files. It samples partition ids "
-        "with its own seeded generator, so it trains other clients than metals each round "
-        "(the same number of them).",
+        "without Flower, Ray, messages, checkpoints or result files. Like metals, it samples "
+        "partition ids in order with `random.Random(seed)`, so both train the same clients "
+        "each round. It sums the replies in sampled order and metals sums them by partition, "
+        "so the final weights differ in the last bits.",
         "",
         "### The same run: metals_paper preset on NSL-KDD",
         "",

@@ -460,11 +460,9 @@ def write_results_page(
         "its mean area exceeds random sampling's by more than the larger standard deviation "
         "over seeds.",
         "",
-        "Client sampling is not the same across runs with the same seed. Flower 1.42's "
-        "simulation gives its nodes new random ids in every run, and the strategy samples "
-        "node ids, so the seed fixes the positions drawn but not the partitions behind them. "
-        "Under Dirichlet skew, where clients differ in size, this shows as different labels "
-        "bought per round between strategies of one seed, and it adds to the spread over seeds.",
+        "Runs with the same seed train the same partitions in every round: the server "
+        "samples partitions in a fixed order with a generator seeded from the run seed, so "
+        "strategies of one seed differ only in the records they query.",
         "",
     ]
     datasets = []
