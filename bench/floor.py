@@ -8,11 +8,10 @@ each round), with the building blocks of ``metals.common`` and no Flower,
 Ray, messages, checkpoints or result files. Clients run one after another
 on one core, so its time is the framework-free cost of the computation.
 
-Client sampling differs in one point: Flower samples node ids, whose
-mapping to partitions is not known here, so the floor samples partition
-ids with ``random.Random(seed)``. The sampled count is Flower's,
-``max(int(num_clients * fraction_train), 1)``; with ``fraction-train`` 1
-both sample every client.
+The floor samples partition ids in order with ``random.Random(seed)``, as
+the metals server does over its nodes sorted by partition, so both train
+the same clients each round. The sampled count is Flower's,
+``max(int(num_clients * fraction_train), 1)``.
 
 Usage:
     python bench/floor.py [HYDRA OVERRIDES ...] [--out rounds.json]
