@@ -2,11 +2,11 @@
 
 Every setting of an experiment travels as one flat mapping with kebab-case
 keys, the form Flower uses for its run config (``flwr run --run-config``) and
-for the ``ConfigRecord`` sent with each message. The Hydra configs under
-``conf/`` are flattened into these keys by the CLI; the ServerApp reads them
-from its context and forwards them to every ClientApp in each message, so a
-client needs nothing but its node config (``partition-id``,
-``num-partitions`` and, on a real device, ``data-path``).
+for the ``ConfigRecord`` sent with each message. The CLI flattens the Hydra
+configs under ``conf/`` into these keys. The ServerApp reads them from its
+context and forwards them to every ClientApp in each message. A client
+therefore needs nothing but its node config (``partition-id`` and
+``num-partitions``, or ``data-path`` on a real device).
 """
 
 from __future__ import annotations
@@ -25,6 +25,13 @@ PARTITIONS = ("iid", "dirichlet", "natural")
 STRATEGIES = ("fedavg", "fedprox")
 AL_STRATEGIES = ("random", "entropy", "margin", "least_confidence", "kcenter")
 MODES = ("metals", "classical")
+
+#: Label groupings each dataset loader accepts for the ``labels`` key.
+LABEL_GROUPINGS: dict[str, tuple[str, ...]] = {
+    "nsl_kdd": ("default", "family", "binary"),
+    "edge_iiotset": ("default", "15", "6", "2", "binary"),
+    "ton_iot": ("default", "type", "binary"),
+}
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,12 @@ def _check_combinations(config: RunConfig) -> None:
             f"invalid value {config['hidden-layers']!r} for 'hidden-layers': expected "
             "comma-separated positive integers such as '90,90'"
         )
+    groupings = LABEL_GROUPINGS[str(config["dataset"])]
+    if config["labels"] not in groupings:
+        raise ValueError(
+            f"invalid value {config['labels']!r} for 'labels' with dataset "
+            f"{config['dataset']!r}: allowed are {', '.join(groupings)}"
+        )
     if config["partition"] == "natural" and config["dataset"] != "ton_iot":
         raise ValueError(
             f"invalid value 'natural' for 'partition' with dataset "
@@ -219,6 +232,11 @@ def _check_combinations(config: RunConfig) -> None:
         logger.warning(
             "strategy is fedprox with proximal-mu 0: the proximal term is off "
             "and FedProx behaves as FedAvg"
+        )
+    if config["mode"] == "metals" and config["query-size"] == 0 and config["query-fraction"] == 0:
+        logger.warning(
+            "query-fraction and query-size are 0: clients buy no labels and train on "
+            "their initial labeled pools only"
         )
     if config["strategy"] == "fedavg" and config["proximal-mu"] != 0:
         raise ValueError(
