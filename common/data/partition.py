@@ -263,6 +263,14 @@ def make_client_partition(
         labeled_fraction=labeled_fraction,
         local_test_fraction=local_test_fraction,
     )
+    if len(test) == 0 or len(labeled) + len(unlabeled) < 10:
+        logger.warning(
+            "client %s: only %s training and %s local test rows; its local accuracy is "
+            "undefined or noisy (use fewer clients or another partition)",
+            partition_id,
+            len(labeled) + len(unlabeled),
+            len(test),
+        )
     if len(labeled) and len(np.unique(y[labeled])) == 1 and len(np.unique(y)) > 1:
         logger.warning(
             "client %s: the labeled pool contains one class only (%s rows)",

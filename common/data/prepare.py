@@ -210,6 +210,16 @@ def _prepare_raw(
         test_frame = train_frame
     if len(train_rows) == 0:
         raise DataError(f"dataset {raw.name!r} has no training rows left after cleaning")
+    present = np.unique(y_all[train_rows])
+    if len(present) < len(preprocessor.class_names):
+        logger.warning(
+            "%s: the training rows contain %s of %s classes (%s); a model trained on them "
+            "never predicts the others",
+            raw.name,
+            len(present),
+            len(preprocessor.class_names),
+            ", ".join(preprocessor.class_names[index] for index in present),
+        )
 
     preprocessor.fit(train_frame, train_rows)
     x_train, y_train, _ = preprocessor.transform_counted(train_frame, train_rows)

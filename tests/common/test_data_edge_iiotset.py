@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
 
@@ -248,3 +249,16 @@ def test_missing_file_names_kaggle(tmp_path: Path) -> None:
     # Assert
     assert "DNN-EdgeIIoT-dataset.csv" in str(error.value)
     assert "kaggle.com" in str(error.value)
+
+
+def test_missing_classes_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Prepare: the real MITM capture alone has a fraction of the 15 classes.
+    data_dir = shared_data_dir()
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="metals.common.data.prepare"):
+        prepare_dataset("edge_iiotset", data_dir, cache_dir=tmp_path / "cache")
+
+    # Assert
+    assert "of 15 classes" in caplog.text
+    assert "never predicts the others" in caplog.text

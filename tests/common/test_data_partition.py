@@ -260,3 +260,16 @@ def test_smote_shape_mismatch_rejected() -> None:
 
     # Assert
     assert "(5, 2)" in str(error.value)
+
+
+def test_tiny_client_warns(caplog: pytest.LogCaptureFixture) -> None:
+    # Prepare: 20 rows over 5 clients leaves each client 4 rows.
+    prepared = _prepared(_labels([10, 10]))
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="metals.common.data.partition"):
+        make_client_partition(prepared, 0, 5, seed=0)
+
+    # Assert
+    assert "client 0: only" in caplog.text
+    assert "use fewer clients or another partition" in caplog.text
