@@ -288,8 +288,8 @@ def report(results: dict[str, list[dict[str, float]]], csv_path: Path, command: 
         "",
         f"Machine: {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}; "
         f"1-minute load average during the run: {min(loads):.1f} to {max(loads):.1f} "
-        "(other jobs shared the cores, so times are upper bounds and ratios are the "
-        "comparable figure).",
+        "(a load above the core count means other jobs shared the cores, so times are "
+        "upper bounds and ratios are the comparable figure).",
         "",
         f"Command: `{command}`",
     ]
