@@ -145,7 +145,7 @@ def input_files(data_dir: Path) -> list[Path]:
     raise DataError(
         f"dataset file {COMBINED_FILES[0]!r} not found (nor raw capture files in an "
         f"edge-iiotset subfolder); looked in {tried}. Get it from {SOURCE} and put it "
-        "there, or point --data-dir (or METALS_DATA_DIR) at the folder that holds it"
+        "there, or point data_dir=DIR (or METALS_DATA_DIR) at the folder that holds it"
     )
 
 

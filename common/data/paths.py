@@ -70,6 +70,6 @@ def find_file(data_dir: Path, candidates: list[str], *, source: str) -> Path:
     tried = ", ".join(str(data_dir / relative) for relative in candidates)
     raise DataError(
         f"dataset file {Path(candidates[0]).name!r} not found; looked for {tried}. "
-        f"Get it from {source} and put it there, or point --data-dir (or "
+        f"Get it from {source} and put it there, or point data_dir=DIR (or "
         f"{DATA_DIR_ENV}) at the folder that holds it"
     )

@@ -113,7 +113,7 @@ def input_files(data_dir: Path) -> list[Path]:
         raise DataError(
             f"no TON_IoT device file ({FILE_PATTERN.format(device='<Device>')}) found in "
             f"{tried}. Get the files from {SOURCE} and put them there, or point "
-            "--data-dir (or METALS_DATA_DIR) at the folder that holds them"
+            "data_dir=DIR (or METALS_DATA_DIR) at the folder that holds them"
         )
     return found
 
