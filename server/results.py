@@ -118,15 +118,44 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
 
 
 def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> Path:
-    """Write ``summary`` with ``format_version`` to ``run_dir/summary.json`` and return its path."""
-    content = {"format_version": FORMAT_VERSION, **summary}
+    """Write ``summary`` with ``format_version`` to ``run_dir/summary.json`` and return its path.
+
+    An undefined metric (NaN or infinite, such as the recall of a class
+    without test records) is written as JSON ``null``, because NaN is not
+    valid JSON and strict parsers reject the file.
+    """
+    content = json_safe({"format_version": FORMAT_VERSION, **summary})
     path = Path(run_dir) / "summary.json"
-    atomic_write_text(path, json.dumps(content, indent=2, sort_keys=False, allow_nan=True) + "\n")
+    atomic_write_text(path, json.dumps(content, indent=2, sort_keys=False, allow_nan=False) + "\n")
     return path
+
+
+def json_safe(value: Any) -> Any:
+    """Return ``value`` with every NaN or infinite float replaced by None, recursively.
+
+    Mappings become dicts, and lists, tuples and numpy arrays become lists.
+    numpy scalars become Python numbers, so ``json.dumps`` accepts them.
+    """
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        number = float(value)
+        return number if np.isfinite(number) else None
+    return value
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
     """Return the content of ``run_dir/summary.json``.
+
+    An undefined metric is None (JSON ``null``). Files written before
+    undefined metrics became ``null`` contain bare ``NaN``, which this
+    reader also accepts and returns as ``float('nan')``.
 
     Raises
     ------

@@ -62,6 +62,51 @@ def test_summary_round_trip_has_format_version(tmp_path):
     assert summary["recall"] == {"normal": 1.0}
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"summary.json contains the non-JSON constant {name}")
+
+
+def test_summary_writes_undefined_metrics_as_null(tmp_path):
+    # Prepare
+    summary = {
+        "best_client_accuracy": float("nan"),
+        "worst_client_accuracy": np.float32("nan"),
+        "macro_f1": np.float64(0.5),
+        "recall": {"normal": 1.0, "mitm": float("nan")},
+        "confusion_matrix": np.array([[1, 0], [0, 0]]),
+        "ratios": (float("inf"), -float("inf"), 2),
+        "support": [np.int64(3), 0],
+        "done": np.bool_(True),
+    }
+
+    # Execute
+    path = write_summary(tmp_path, summary)
+    strict = json.loads(path.read_text(), parse_constant=_reject_constant)
+    read_back = read_summary(tmp_path)
+
+    # Assert
+    assert strict["best_client_accuracy"] is None
+    assert strict["worst_client_accuracy"] is None
+    assert strict["macro_f1"] == 0.5
+    assert strict["recall"] == {"normal": 1.0, "mitm": None}
+    assert strict["confusion_matrix"] == [[1, 0], [0, 0]]
+    assert strict["ratios"] == [None, None, 2]
+    assert strict["support"] == [3, 0]
+    assert strict["done"] is True
+    assert read_back == strict
+
+
+def test_read_summary_accepts_old_bare_nan(tmp_path):
+    # Prepare
+    (tmp_path / "summary.json").write_text('{"format_version": 1, "worst_client_accuracy": NaN}')
+
+    # Execute
+    summary = read_summary(tmp_path)
+
+    # Assert
+    assert np.isnan(summary["worst_client_accuracy"])
+
+
 def test_read_summary_rejects_other_version(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"format_version": 7}))
 
