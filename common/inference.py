@@ -341,6 +341,10 @@ class ChunkPrediction:
         int64 (n,): class index of the file's own label, when the file has one.
     bad : list[BadRecord]
         Records of the chunk that could not be read, with line numbers.
+    unseen : dict[str, tuple[int, list[str]]]
+        Per categorical column with values the training rows never had: the
+        number of such records and their distinct values. Those records are
+        predicted with an all-zero block for that column.
     """
 
     lines: np.ndarray
@@ -348,6 +352,7 @@ class ChunkPrediction:
     probability: np.ndarray
     true: np.ndarray | None
     bad: list[BadRecord]
+    unseen: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
 
 
 def detect_chunks(
@@ -388,7 +393,7 @@ def detect_chunks(
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads - 1))
     try:
-        for chunk, x, true in encoded:
+        for chunk, x, true, unseen in encoded:
             probabilities = detector.predict_proba(x)
             predicted = probabilities.argmax(axis=1)
             yield ChunkPrediction(
@@ -397,6 +402,7 @@ def detect_chunks(
                 probability=probabilities[np.arange(len(predicted)), predicted],
                 true=true,
                 bad=chunk.bad,
+                unseen=unseen,
             )
     finally:
         torch.set_num_threads(threads)
@@ -404,8 +410,8 @@ def detect_chunks(
 
 def _encode_chunks(
     detector: Detector, chunks: Iterator[TrafficChunk], read: tuple[str, ...]
-) -> Iterator[tuple[TrafficChunk, np.ndarray, np.ndarray | None]]:
-    """Yield each chunk with its model input and the class indices of its own labels."""
+) -> Iterator[tuple[TrafficChunk, np.ndarray, np.ndarray | None, dict[str, tuple[int, list[str]]]]]:
+    """Yield each chunk with its model input, its labels' class indices and unseen categories."""
     label = detector.layout.label
     has_label = bool(label) and label in read
     for chunk in chunks:
@@ -414,7 +420,48 @@ def _encode_chunks(
         if has_label and len(chunk.frame):
             true = _true_classes(detector, chunk.frame[label], first_line=int(chunk.lines[0]))
             has_label = true is not None
-        yield chunk, x, true
+        yield chunk, x, true, unseen_categories(detector.preprocessor, chunk.frame)
+
+
+def unseen_categories(
+    preprocessor: Preprocessor, frame: pd.DataFrame
+) -> dict[str, tuple[int, list[str]]]:
+    """Count the records whose categorical value the training rows never had.
+
+    Parameters
+    ----------
+    preprocessor : Preprocessor
+        Fitted preprocessing; ``categories_`` holds the training categories.
+    frame : pandas.DataFrame
+        Records with every categorical feature column.
+
+    Returns
+    -------
+    dict[str, tuple[int, list[str]]]
+        Per column with such values: the number of records and the distinct
+        unseen values in order of first appearance. Columns without any are left out.
+    """
+    counts: dict[str, tuple[int, list[str]]] = {}
+    categories = preprocessor.categories_ or {}
+    for column in preprocessor.categorical:
+        known = pd.Index(categories.get(column, []))
+        series = frame[column]
+        if isinstance(series.dtype, pd.CategoricalDtype):
+            # Look up the distinct values once, as the one-hot encoding does. A
+            # missing value has code -1, which picks the appended last entry, and
+            # it gets an all-zero block too.
+            distinct = np.append(np.asarray(series.cat.categories.astype(str)), "<missing>")
+            found = np.append(known.get_indexer(distinct[:-1]) >= 0, False)
+            codes = series.cat.codes.to_numpy()
+            unseen = ~found[codes]
+            values = distinct[codes]
+        else:
+            values = series.astype(str).to_numpy()
+            unseen = known.get_indexer(values) < 0
+        count = int(np.count_nonzero(unseen))
+        if count:
+            counts[column] = (count, [str(value) for value in pd.unique(values[unseen])])
+    return counts
 
 
 def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:

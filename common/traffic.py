@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 NEWLINE = 10
 MIN_READ_BYTES = 1 << 20
+#: Lines of a file without a header row whose values are checked against a column order.
+SAMPLED_LINES = 20
 #: Arrow type of the text columns: the distinct values once, int32 codes per record.
 TEXT_TYPE = pa.dictionary(pa.int32(), pa.string())
 
@@ -171,8 +173,9 @@ def inspect_columns(path: str | Path, layout: TrafficLayout) -> FileColumns:
     TrafficFileError
         When the file is missing, empty or not UTF-8. When its header names
         columns the model never saw or lacks columns it needs, the message
-        names them. When a file without a header has a field count that no
-        layout allows.
+        names them. When a file without a header row fits none of the
+        layout's column orders, by field count or by the value types of its
+        first lines; the message names the expected and found field counts.
     """
     path = Path(path)
     if not path.is_file():
@@ -217,15 +220,7 @@ def inspect_columns(path: str | Path, layout: TrafficLayout) -> FileColumns:
             )
         header_lines = 1
     else:
-        matching = [order for order in layout.headerless if len(order) == len(fields)]
-        if not matching:
-            allowed = " or ".join(str(len(order)) for order in layout.headerless) or "none"
-            raise TrafficFileError(
-                f"{path}: line 1 has {len(fields)} fields and no header row; this model "
-                f"accepts files without a header with {allowed} fields, or a header "
-                "row naming the columns"
-            )
-        names = matching[0]
+        names = _headerless_order(path, fields, layout)
         header_lines = 0
 
     present = tuple(name for name in layout.features if name in names)
@@ -234,6 +229,144 @@ def inspect_columns(path: str | Path, layout: TrafficLayout) -> FileColumns:
     return FileColumns(
         names=names, header_lines=header_lines, read=present + present_optional, absent=absent
     )
+
+
+def _headerless_order(path: Path, fields: list[str], layout: TrafficLayout) -> tuple[str, ...]:
+    """Return the column order of a file without a header row, from its first lines.
+
+    An order fits when it has as many columns as line 1 has fields and, on at
+    least one of the first :data:`SAMPLED_LINES` lines with that many fields,
+    every value in a numeric column is a number or empty. A single damaged
+    line therefore does not reject the file, but a file with a column removed
+    (so that its field count equals that of a shorter order) is rejected.
+
+    Raises
+    ------
+    TrafficFileError
+        When no order fits. The message gives the expected and found field
+        counts and, when one column is missing, which columns it can be.
+    """
+    if not layout.headerless:
+        raise TrafficFileError(
+            f"{path}: line 1 has {len(fields)} fields and no header row; this model reads "
+            "only files whose first line is a header row naming the columns"
+        )
+    rows = _sample_rows(path, len(fields))
+    same_width = [order for order in layout.headerless if len(order) == len(fields)]
+    for order in same_width:
+        if any(_fits(order, row, layout, strict=False) for row in rows):
+            return order
+
+    allowed = " or ".join(_describe_order(order, layout) for order in layout.headerless)
+    message = (
+        f"{path}: line 1 has {len(fields)} fields and no header row; a file without a "
+        f"header row needs {allowed}"
+    )
+    for order in same_width:
+        message += (
+            f". The {len(order)} fields do not fit the columns of that layout: "
+            + _first_misfit(order, rows[0], layout)
+        )
+    for order in layout.headerless:
+        if len(order) == len(fields) + 1:
+            missing = _missing_column_candidates(order, rows, layout)
+            if missing:
+                message += (
+                    f". The values fit the {len(order)}-field layout without one column: {missing}"
+                )
+    raise TrafficFileError(
+        message + ". Add the missing columns, or add a header row naming the columns"
+    )
+
+
+def _sample_rows(path: Path, width: int) -> list[list[str]]:
+    """Return the fields of up to :data:`SAMPLED_LINES` non-empty lines with ``width`` fields."""
+    rows: list[list[str]] = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle):
+            if len(rows) >= SAMPLED_LINES:
+                break
+            codec = "utf-8-sig" if number == 0 else "utf-8"
+            try:
+                text = raw.decode(codec).strip()
+            except UnicodeDecodeError:
+                continue
+            if not text:
+                continue
+            row = [value.strip() for value in next(csv.reader(io.StringIO(text)))]
+            if len(row) == width:
+                rows.append(row)
+    return rows
+
+
+def _fits(order: tuple[str, ...], row: list[str], layout: TrafficLayout, *, strict: bool) -> bool:
+    """Tell whether the value types of ``row`` fit ``order``.
+
+    Numeric columns need a number or an empty value. With ``strict``, text
+    columns also need a value that is not a number, which is too strict to
+    accept a file but narrows down where a column is missing.
+    """
+    if len(order) != len(row):
+        return False
+    for name, value in zip(order, row, strict=True):
+        if name in layout.ignored:
+            continue
+        if name in layout.numeric:
+            if value and not _looks_numeric(value):
+                return False
+        elif strict and _looks_numeric(value):
+            return False
+    return True
+
+
+def _first_misfit(order: tuple[str, ...], row: list[str], layout: TrafficLayout) -> str:
+    """Describe the first value of line 1 that is not a number in a numeric column."""
+    for name, value in zip(order, row, strict=True):
+        if name in layout.numeric and value and not _looks_numeric(value):
+            return f"line 1 has {value!r} in numeric column {name!r}"
+    return "no line of the first lines has numbers in every numeric column"
+
+
+def _missing_column_candidates(
+    order: tuple[str, ...], rows: list[list[str]], layout: TrafficLayout
+) -> str:
+    """Name the columns of ``order`` whose removal makes a sampled line fit, or return ''.
+
+    Neighbouring columns of the same type cannot be told apart, so the
+    result names ranges such as ``'src_bytes' to 'dst_host_srv_rerror_rate'
+    (37 columns)``.
+    """
+    candidates = [
+        position
+        for position in range(len(order))
+        if any(
+            _fits(order[:position] + order[position + 1 :], row, layout, strict=True)
+            for row in rows
+        )
+    ]
+    if not candidates:
+        return ""
+    ranges: list[list[int]] = []
+    for position in candidates:
+        if ranges and ranges[-1][-1] == position - 1:
+            ranges[-1].append(position)
+        else:
+            ranges.append([position])
+    parts = []
+    for positions in ranges:
+        first, last = order[positions[0]], order[positions[-1]]
+        if len(positions) == 1:
+            parts.append(repr(first))
+        else:
+            parts.append(f"one of {first!r} to {last!r} ({len(positions)} columns)")
+    return " or ".join(parts)
+
+
+def _describe_order(order: tuple[str, ...], layout: TrafficLayout) -> str:
+    """Return e.g. ``43 fields (41 features, label, difficulty)`` for a column order."""
+    n_features = sum(1 for name in order if name in layout.features)
+    others = [name for name in order if name not in layout.features]
+    return f"{len(order)} fields ({', '.join([f'{n_features} features', *others])})"
 
 
 def iter_traffic_chunks(

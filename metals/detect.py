@@ -32,6 +32,8 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 #: Unreadable records listed in the printed summary; the rejected-records file has all.
 SHOWN_BAD_RECORDS = 20
+#: Distinct unseen category values named per column in the printed summary.
+SHOWN_UNSEEN_VALUES = 5
 
 
 @dataclass
@@ -53,6 +55,11 @@ class DetectionSummary:
         whose label maps to one of the model's classes.
     seconds : float
         Wall time of reading, preprocessing, predicting and writing.
+    unseen : dict[str, int]
+        Per categorical column, predicted records whose value the training
+        rows never had; the model saw them as all-zero one-hot blocks.
+    unseen_examples : dict[str, list[str]]
+        Per categorical column, the first :data:`SHOWN_UNSEEN_VALUES` such values.
     """
 
     class_names: list[str]
@@ -62,6 +69,8 @@ class DetectionSummary:
     correct: int = 0
     labelled: int = 0
     seconds: float = 0.0
+    unseen: dict[str, int] = field(default_factory=dict)
+    unseen_examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def predicted(self) -> int:
@@ -164,6 +173,14 @@ def detect_command(argv: list[str]) -> int:
     if rejected is not None:
         write_rejected(summary.bad, rejected)
     report.write(format_summary(summary, detector.run_dir, args.data, args.out, rejected))
+    if summary.predicted == 0:
+        reason = (
+            f"all {summary.records} records are unreadable (reasons above)"
+            if summary.records
+            else "the file has no records"
+        )
+        sys.stderr.write(f"metals detect: no record of {args.data} was predicted: {reason}\n")
+        return EXIT_FAILED
     return 0
 
 
@@ -201,6 +218,12 @@ def run_detection(
         for chunk in detect_chunks(detector, data, chunk_size=chunk_size):
             summary.per_class += np.bincount(chunk.predicted, minlength=len(detector.class_names))
             summary.bad.extend(chunk.bad)
+            for column, (count, values) in chunk.unseen.items():
+                summary.unseen[column] = summary.unseen.get(column, 0) + count
+                examples = summary.unseen_examples.setdefault(column, [])
+                for value in values:
+                    if len(examples) < SHOWN_UNSEEN_VALUES and value not in examples:
+                        examples.append(value)
             if chunk.true is not None:
                 summary.labelled += len(chunk.true)
                 summary.correct += int(np.count_nonzero(chunk.true == chunk.predicted))
@@ -316,6 +339,15 @@ def format_summary(
         if hidden > 0:
             where = f"see {rejected}" if rejected else "pass --rejected FILE to list them all"
             lines.append(f"  ... and {hidden} more ({where})")
+
+    if summary.unseen:
+        lines.append(
+            "records with a category not seen in training (predicted with an all-zero "
+            "encoding of that column, so treat their class with care):"
+        )
+        for column, count in summary.unseen.items():
+            examples = ", ".join(repr(value) for value in summary.unseen_examples[column])
+            lines.append(f"  column {column}: {count} records, values such as {examples}")
 
     width = max([len("predicted class")] + [len(name) for name in summary.class_names])
     lines.append(f"{'predicted class':<{width}}  {'records':>10}  {'share':>7}")

@@ -206,7 +206,79 @@ def test_headerless_field_count_rejected(
     err = capsys.readouterr().err
     assert code == 1
     assert "line 1 has 40 fields" in err
-    assert "41 or 42 or 43" in err
+    assert "needs 41 fields (41 features) or 42 fields (41 features, label) or 43 fields" in err
+
+
+def test_removed_column_rejected_up_front(
+    nsl_run: TrainedRun, kdd_test: Path, tmp_path: Path, capsys
+):
+    # Prepare: without src_bytes a line has 42 fields, the count of the layout
+    # "features, label", so the field count alone does not show the problem.
+    lines = []
+    for line in kdd_lines(kdd_test, 30):
+        fields = line.split(",")
+        del fields[4]
+        lines.append(",".join(fields))
+    traffic = write_lines(tmp_path / "no-src-bytes.csv", lines)
+
+    # Execute
+    code = main(["detect", "--model", str(nsl_run.run_dir), "--data", str(traffic)])
+
+    # Assert
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "records read" not in captured.out
+    assert "line 1 has 42 fields and no header row" in captured.err
+    assert "43 fields (41 features, label, difficulty)" in captured.err
+    assert "in numeric column 'dst_host_srv_rerror_rate'" in captured.err
+    assert "one of 'src_bytes' to 'dst_host_srv_rerror_rate' (37 columns)" in captured.err
+
+
+def test_no_predicted_record_exits_one(nsl_run: TrainedRun, kdd_test: Path, tmp_path: Path, capsys):
+    # Prepare
+    lines = []
+    for line in kdd_lines(kdd_test, 30):
+        fields = line.split(",")
+        fields[0] = ""  # duration is missing on every line
+        lines.append(",".join(fields))
+    traffic = write_lines(tmp_path / "all-bad.csv", lines)
+
+    # Execute
+    code = main(["detect", "--model", str(nsl_run.run_dir), "--data", str(traffic)])
+
+    # Assert
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "records read: 30 (0 predicted, 30 unreadable)" in captured.out
+    assert f"no record of {traffic} was predicted" in captured.err
+    assert "all 30 records are unreadable" in captured.err
+
+
+def test_unseen_category_counted(nsl_run: TrainedRun, kdd_test: Path, tmp_path: Path, capsys):
+    # Prepare
+    lines = kdd_lines(kdd_test, 40)
+    for index in (3, 17, 18):
+        fields = lines[index].split(",")
+        fields[1] = "zzz"  # protocol_type never seen in training
+        lines[index] = ",".join(fields)
+    fields = lines[30].split(",")
+    fields[2] = "gopher2"  # service never seen in training
+    lines[30] = ",".join(fields)
+    traffic = write_lines(tmp_path / "unseen.csv", lines)
+    detector = load_detector(nsl_run.run_dir)
+
+    # Execute
+    summary = run_detection(detector, traffic, out=None, chunk_size=10)
+    code = main(["detect", "--model", str(nsl_run.run_dir), "--data", str(traffic)])
+
+    # Assert
+    printed = capsys.readouterr().out
+    assert summary.predicted == 40
+    assert summary.unseen == {"protocol_type": 3, "service": 1}
+    assert summary.unseen_examples == {"protocol_type": ["zzz"], "service": ["gopher2"]}
+    assert code == 0
+    assert "column protocol_type: 3 records, values such as 'zzz'" in printed
+    assert "column service: 1 records, values such as 'gopher2'" in printed
 
 
 def test_empty_file_rejected(nsl_run: TrainedRun, tmp_path: Path, capsys):

@@ -23,6 +23,15 @@ LAYOUT = TrafficLayout(
     label="label",
 )
 
+#: A layout with a text column between two numeric ones.
+SIZED_LAYOUT = TrafficLayout(
+    features=("speed", "state", "size"),
+    numeric=frozenset({"speed", "size"}),
+    optional=("label",),
+    headerless=(("speed", "state", "size"), ("speed", "state", "size", "label")),
+    label="label",
+)
+
 
 def read_all(path: Path, chunk_size: int = 100_000):
     chunks = list(iter_traffic_chunks(path, LAYOUT, chunk_size=chunk_size))
@@ -157,6 +166,58 @@ def test_headerless_layout_by_field_count(tmp_path: Path):
     assert columns.header_lines == 0
     assert columns.names == ("speed", "state", "label")
     assert columns.read == ("speed", "state", "label")
+
+
+def test_headerless_misfit_names_missing_column(tmp_path: Path):
+    # Prepare: "speed" is missing, so the line has the field count of the
+    # features alone, with "state" in the numeric column "speed".
+    path = tmp_path / "no-speed.csv"
+    path.write_text("a,9,normal\nb,4,attack\n")
+
+    # Execute
+    with pytest.raises(TrafficFileError) as raised:
+        inspect_columns(path, SIZED_LAYOUT)
+
+    # Assert
+    message = str(raised.value)
+    assert "line 1 has 3 fields and no header row" in message
+    assert "needs 3 fields (3 features) or 4 fields (3 features, label)" in message
+    assert "line 1 has 'a' in numeric column 'speed'" in message
+    assert "fit the 4-field layout without one column: 'speed'" in message
+
+
+def test_headerless_bad_first_line_accepted(tmp_path: Path):
+    # Prepare
+    path = tmp_path / "first-bad.csv"
+    path.write_text("fast,a,3\n1,b,4\n")
+
+    # Execute
+    columns = inspect_columns(path, SIZED_LAYOUT)
+    chunks = list(iter_traffic_chunks(path, SIZED_LAYOUT, columns=columns))
+    lines = np.concatenate([chunk.lines for chunk in chunks]).tolist()
+    bad = [(record.line, record.reason) for chunk in chunks for record in chunk.bad]
+
+    # Assert
+    assert columns.names == ("speed", "state", "size")
+    assert lines == [2]
+    assert bad == [(1, "invalid number 'fast' in column 'speed'")]
+
+
+def test_header_only_layout_rejects_headerless(tmp_path: Path):
+    # Prepare
+    layout = TrafficLayout(features=("speed", "state"), numeric=frozenset({"speed"}))
+    path = tmp_path / "plain.csv"
+    path.write_text("1,a\n")
+
+    # Execute
+    with pytest.raises(TrafficFileError) as raised:
+        inspect_columns(path, layout)
+
+    # Assert
+    message = str(raised.value)
+    assert "line 1 has 2 fields and no header row" in message
+    assert "reads only files whose first line is a header row" in message
+    assert "none" not in message
 
 
 def test_invalid_chunk_size_rejected(tmp_path: Path):
