@@ -89,13 +89,18 @@ def plot_accuracy_vs_labels(rows: Sequence[Mapping[str, float]], path: Path) -> 
     return _save(figure, path)
 
 
-def plot_per_class_recall(recall: Mapping[str, float], path: Path) -> Path:
-    """Plot the global model's recall of each class as horizontal bars."""
+def plot_per_class_recall(recall: Mapping[str, float | None], path: Path) -> Path:
+    """Plot the global model's recall of each class as horizontal bars.
+
+    A class without test records has recall ``None`` (``null`` in summary.json);
+    it is drawn as an empty bar labelled ``n/a``.
+    """
     names = list(recall)
-    values = [float(recall[name]) for name in names]
+    values = [math.nan if recall[name] is None else float(recall[name]) for name in names]
     figure, axes = plt.subplots(figsize=(7, 0.45 * len(names) + 1.5))
     bars = axes.barh(names, values)
-    axes.bar_label(bars, labels=[f"{value:.3f}" for value in values], padding=3)
+    labels = ["n/a" if math.isnan(value) else f"{value:.3f}" for value in values]
+    axes.bar_label(bars, labels=labels, padding=3)
     axes.invert_yaxis()
     axes.set_xlim(0, 1.1)
     axes.set_xlabel("recall")

@@ -10,6 +10,7 @@ from metals.plots import (
     LABELS_PLOT,
     RECALL_PLOT,
     ROUND_PLOT,
+    plot_per_class_recall,
     summary_value,
     write_plots,
 )
@@ -204,3 +205,14 @@ def test_summary_value_missing_key_named():
 
     # Assert
     assert "'recall'" in str(caught.value)
+
+
+def test_recall_plot_accepts_missing_class(tmp_path):
+    # Prepare: a class without test records has recall null in summary.json.
+    recall = {"normal": 0.9, "U2R": None}
+
+    # Execute
+    path = plot_per_class_recall(recall, tmp_path / "recall.png")
+
+    # Assert
+    assert path.read_bytes().startswith(b"\x89PNG")
