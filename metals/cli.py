@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 #: Exit code for invalid arguments or configuration values.
 EXIT_USAGE = 2
+#: Exit code after SIGINT (Ctrl-C), 128 + 2 as shells report it.
+EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,7 @@ def run_command(argv: list[str]) -> int:
 
         return run_experiment(run_config, progress=ProgressPrinter(), verbose=verbose)
 
-    return run_with_hydra(argv, "run", execute)
+    return run_with_hydra(argv, "run", execute, check_run_dirs=True)
 
 
 #: Hydra flags that only print information; nothing is validated or run for them.
@@ -265,12 +267,17 @@ _HYDRA_INFO_FLAGS = ("--cfg", "-c", "--info", "-i", "--hydra-help", "--resolve",
 _HYDRA_MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
-def check_all_jobs(argv: Sequence[str]) -> int:
+def check_all_jobs(argv: Sequence[str], *, check_run_dirs: bool = False) -> int:
     """Validate the config of every job that ``argv`` would launch.
 
     A ``-m`` sweep such as ``num_clients=5,0`` is expanded into its jobs the
     way Hydra's basic sweeper does it, and each job is composed and checked,
     so an invalid value stops the command before the first job starts.
+
+    With ``check_run_dirs``, a job whose run directory is given
+    (``hydra.run.dir``, or ``hydra.sweep.dir`` with ``-m``) and already
+    contains a run is checked against that run's checkpoint, so a mismatch
+    is reported before Hydra writes its ``.hydra/`` files into that folder.
 
     Returns
     -------
@@ -295,16 +302,59 @@ def check_all_jobs(argv: Sequence[str]) -> int:
     except HydraException as error:
         raise ConfigError(f"invalid overrides {' '.join(overrides)!r}: {error}") from None
 
+    multirun = any(arg in _HYDRA_MULTIRUN_FLAGS for arg in argv)
     jobs = [job for batch in batches for job in batch] or [[]]
-    for job in jobs:
+    for number, job in enumerate(jobs):
         # Hydra's own settings (run directory, launcher) are not part of the run config.
         own = [item for item in job if not item.lstrip("+~").startswith(("hydra.", "hydra/"))]
-        compose_run_config(own)
+        run_config, _ = compose_run_config(own)
+        run_dir = _given_run_dir(job, number, multirun) if check_run_dirs else None
+        if run_dir is not None:
+            _check_resumable(run_dir, run_config)
     return len(jobs)
 
 
+def _given_run_dir(job: Sequence[str], number: int, multirun: bool) -> Path | None:
+    """Return the run directory that a job's overrides fix, or None when Hydra picks it.
+
+    A sweep job runs in ``<hydra.sweep.dir>/<job number>``, Hydra's default
+    ``hydra.sweep.subdir``. A path with an interpolation such as ``${now:...}``
+    counts as unknown.
+    """
+    values = {}
+    for item in job:
+        key, _, value = item.lstrip("+").partition("=")
+        values[key] = value
+    if multirun:
+        if "hydra.sweep.subdir" in values or not values.get("hydra.sweep.dir"):
+            return None
+        path = f"{values['hydra.sweep.dir']}/{number}"
+    else:
+        path = values.get("hydra.run.dir", "")
+    if not path or "${" in path:
+        return None
+    return Path(path).expanduser().resolve()
+
+
+def _check_resumable(run_dir: Path, run_config: RunConfig) -> None:
+    """Raise ConfigError when ``run_dir`` contains a run that ``run_config`` cannot continue."""
+    from metals.config import ConfigError
+    from metals.server.checkpoint import check_run_dir
+
+    try:
+        check_run_dir(run_dir, {**run_config, "run-dir": str(run_dir)})
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def run_with_hydra(
-    argv: Sequence[str], name: str, execute: Callable[[RunConfig, bool], Path]
+    argv: Sequence[str],
+    name: str,
+    execute: Callable[[RunConfig, bool], Path],
+    *,
+    check_run_dirs: bool = False,
 ) -> int:
     """Run ``execute`` once per Hydra job and report each run.
 
@@ -318,11 +368,15 @@ def run_with_hydra(
         Runs one job from its validated run config and the ``verbose`` flag,
         and returns the run directory holding ``metrics.csv`` and
         ``summary.json``.
+    check_run_dirs : bool, default=False
+        Before Hydra starts, check each given run directory that already
+        contains a run against that run's checkpoint (see :func:`check_all_jobs`).
 
     Returns
     -------
     int
-        0 when every job finished, 2 when a value was invalid.
+        0 when every job finished, 2 when a value was invalid, 130 when the
+        user interrupted a run (SIGINT).
 
     Raises
     ------
@@ -335,7 +389,7 @@ def run_with_hydra(
     info_only = _wants_help(argv) or any(arg in _HYDRA_INFO_FLAGS for arg in argv)
     if not info_only:
         try:
-            check_all_jobs(argv)
+            check_all_jobs(argv, check_run_dirs=check_run_dirs)
         except ConfigError as error:
             sys.stderr.write(f"metals {name}: {error}\n")
             return EXIT_USAGE
@@ -346,6 +400,7 @@ def run_with_hydra(
 
     from metals.common.data import DataError
     from metals.config import to_run_config
+    from metals.simulation import RunInterrupted
     from metals.tables import ResultsError
 
     run_dirs: list[Path] = []
@@ -367,6 +422,13 @@ def run_with_hydra(
         try:
             run_dir = execute(run_config, verbose)
             _report_run(run_dir)
+        except RunInterrupted as interrupt:
+            logging.getLogger(__name__).info("metals %s interrupted", name, exc_info=True)
+            sys.stderr.write(
+                f"metals {name}: interrupted; rerun the same command with "
+                f"hydra.run.dir={interrupt.run_dir} to resume after the last completed round\n"
+            )
+            raise SystemExit(EXIT_INTERRUPTED) from None
         except (DataError, ResultsError, RuntimeError) as error:
             # Expected failures (missing data, a failed round) get one line on the
             # console; the traceback goes to metals.log in the run directory.
@@ -376,6 +438,12 @@ def run_with_hydra(
                 f"/{hydra_config.job.name}.log)\n"
             )
             raise SystemExit(1) from None
+        except ValueError as error:
+            # A run directory whose run cannot be resumed; run_command checks
+            # this before Hydra starts, so this is the fallback for other paths.
+            logging.getLogger(__name__).info("metals %s failed", name, exc_info=True)
+            sys.stderr.write(f"metals {name}: {error}\n")
+            raise SystemExit(EXIT_USAGE) from None
         run_dirs.append(run_dir)
         if hydra_config.mode is not None and hydra_config.mode.name == "MULTIRUN":
             sweep_dirs.append(Path(hydra_config.sweep.dir))

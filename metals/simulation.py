@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
+
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
 
 from metals.common.runconfig import validate_run_config
 from metals.server.app import RoundProgress, build_server_app
@@ -58,6 +66,143 @@ class FlowerNoticeFilter(logging.Filter):
         return not any(notice in message for notice in self.NOTICES)
 
 
+class RunInterrupted(Exception):
+    """The user interrupted a run; the checkpoint of the last completed round stays."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"run interrupted; results so far are in {run_dir}")
+        self.run_dir = run_dir
+
+
+class InterruptibleGrid(Grid):
+    """A grid that raises :class:`RunInterrupted` once ``stop`` is set.
+
+    Flower's simulation runs the ServerApp in a non-daemon thread that waits
+    for replies up to the round timeout, and it stops the simulation runtime
+    only after that thread ends. Checking ``stop`` on every grid call ends the
+    ServerApp thread within one poll interval, so Flower then stops the
+    runtime and shuts Ray down in its usual order.
+
+    Parameters
+    ----------
+    grid : Grid
+        Grid that Flower passes to the ServerApp.
+    stop : threading.Event
+        Set when the run must end.
+    run_dir : Path
+        Run directory, named in the exception.
+    poll_interval : float, default=0.1
+        Seconds between two pulls of replies.
+    """
+
+    def __init__(
+        self, grid: Grid, stop: threading.Event, run_dir: Path, poll_interval: float = 0.1
+    ) -> None:
+        self._grid = grid
+        self._stop = stop
+        self._run_dir = run_dir
+        self._poll_interval = poll_interval
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise RunInterrupted(self._run_dir)
+
+    def set_run(self, run: Any) -> None:
+        """Set the run on the wrapped grid."""
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        """Run information of the wrapped grid."""
+        return self._grid.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """Create a message on the wrapped grid."""
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Return the connected node ids, or raise :class:`RunInterrupted`."""
+        self._check_stop()
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Push ``messages``, or raise :class:`RunInterrupted`."""
+        self._check_stop()
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Pull the replies to ``message_ids``, or raise :class:`RunInterrupted`."""
+        self._check_stop()
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Push ``messages`` and pull replies until all arrive, ``timeout`` s pass or ``stop``.
+
+        Raises
+        ------
+        RunInterrupted
+            When ``stop`` is set before every reply arrived.
+        """
+        waiting = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while waiting:
+            for reply in self.pull_messages(waiting):
+                replies.append(reply)
+                waiting.discard(reply.metadata.reply_to_message_id)
+            if not waiting or (deadline is not None and time.monotonic() >= deadline):
+                break
+            self._stop.wait(self._poll_interval)
+        return replies
+
+
+def interruptible_server_app(
+    server_app: ServerApp, stop: threading.Event, run_dir: Path
+) -> ServerApp:
+    """Wrap ``server_app`` so that its grid raises :class:`RunInterrupted` once ``stop`` is set."""
+    wrapper = ServerApp()
+
+    @wrapper.main()
+    def main(grid: Grid, context: Context) -> None:
+        server_app(InterruptibleGrid(grid, stop, run_dir), context)
+
+    return wrapper
+
+
+@contextmanager
+def stop_on_sigint(stop: threading.Event) -> Iterator[None]:
+    """Set ``stop`` on the first SIGINT; a second SIGINT raises KeyboardInterrupt.
+
+    Outside the main thread, where Python cannot install signal handlers,
+    nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        logger.warning("interrupt received; stopping the run (press Ctrl-C again to force)")
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_experiment(
     run_config: Mapping[str, Any],
     *,
@@ -88,6 +233,8 @@ def run_experiment(
         ``resume`` false forbids continuing or whose settings differ.
     RuntimeError
         When the simulation fails, for example a round with too few valid replies.
+    RunInterrupted
+        After SIGINT (Ctrl-C), once the ServerApp and Ray have stopped.
     """
     config = validate_run_config(run_config)
     run_dir = resolve_run_dir(config)
@@ -119,16 +266,33 @@ def run_experiment(
         flwr_logger.setLevel(logging.WARNING)
         flwr_logger.addFilter(notice_filter)
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    stop = threading.Event()
+    server_app = interruptible_server_app(build_server_app(config, progress), stop, run_dir)
     try:
-        run_simulation(
-            server_app=build_server_app(config, progress),
-            client_app=client_app,
-            num_supernodes=int(config["num-clients"]),
-            backend_config=backend_config(verbose=verbose),
-            verbose_logging=verbose,
-        )
+        with stop_on_sigint(stop):
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=int(config["num-clients"]),
+                backend_config=backend_config(verbose=verbose),
+                verbose_logging=verbose,
+            )
+    except KeyboardInterrupt as error:
+        # A second SIGINT, or one from a tool that signals both the process
+        # and its group, such as timeout(1). The ServerApp thread still ends
+        # at its next grid call because ``stop`` is set.
+        stop.set()
+        raise RunInterrupted(run_dir) from error
+    except Exception as error:
+        # Ray's workers get the terminal's SIGINT too, so a client may fail
+        # and the round report that failure before the grid sees ``stop``.
+        if stop.is_set():
+            raise RunInterrupted(run_dir) from error
+        raise
     finally:
         flwr_logger.setLevel(previous_level)
         flwr_logger.removeFilter(notice_filter)
         torch.set_num_threads(previous_threads)
+    if stop.is_set():
+        raise RunInterrupted(run_dir)
     return Path(str(config["run-dir"]))

@@ -3,11 +3,20 @@
 import csv
 import json
 import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord
 
 from metals.cli import main, run_with_hydra
+from metals.server.checkpoint import Checkpoint, save_checkpoint
 from metals.tables import METRICS_COLUMNS
 
 DATA_DIR = Path(
@@ -183,3 +192,90 @@ def test_missing_data_one_line_exit_1(tmp_path, capsys):
     assert "not found" in err
     assert "Traceback" not in err
     assert "Traceback" in (run_dir / "metals.log").read_text()
+
+
+def ray_processes_of(session_dir):
+    """Return the command lines of running Ray processes that name ``session_dir``."""
+    found = subprocess.run(
+        ["pgrep", "-af", "ray::|raylet|gcs_server"], capture_output=True, text=True, check=False
+    )
+    return [line for line in found.stdout.splitlines() if session_dir in line]
+
+
+@needs_nsl_kdd
+@pytest.mark.slow
+def test_run_sigint_exits_130(tmp_path):
+    # Prepare: a run long enough to still be going when the first round ends.
+    run_dir = tmp_path / "run"
+    # Ray's socket paths must stay below 108 bytes, so its folder is short.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    env = {
+        **os.environ,
+        "METALS_DATA_DIR": str(DATA_DIR),
+        "RAY_TMPDIR": str(ray_tmp),
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "metals.cli",
+        "run",
+        f"hydra.run.dir={run_dir}",
+        "num_clients=2",
+        "num_rounds=200",
+        "fl.fraction_train=1.0",
+        "train.local_epochs=1",
+    ]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+    # Execute: interrupt once the first round line is printed.
+    first_line = process.stdout.readline()
+    while first_line and not first_line.startswith("round"):
+        first_line = process.stdout.readline()
+    process.send_signal(signal.SIGINT)
+    try:
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    # Assert
+    assert first_line.split("|")[0].split() == ["round", "1/200"], err
+    assert process.returncode == 130
+    assert "Traceback" not in err
+    assert f"interrupted; rerun the same command with hydra.run.dir={run_dir}" in err
+    assert list((run_dir / "checkpoint").glob("weights-*.npz"))
+    assert ray_processes_of(str(ray_tmp)) == []
+
+
+def test_resume_mismatch_leaves_run_dir(tmp_path, capsys):
+    # Prepare: an nsl_kdd run directory with a checkpoint after round 1.
+    run_dir = tmp_path / "run"
+    calls = []
+    assert run_with_hydra([f"hydra.run.dir={run_dir}"], "run", fake_experiment(calls)) == 0
+    arrays = ArrayRecord({"weight": Array(np.zeros((2, 2), dtype=np.float32))})
+    save_checkpoint(
+        run_dir, Checkpoint(1, arrays, [], {}, random.Random(0).getstate(), calls[0][0])
+    )
+    overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    capsys.readouterr()
+
+    # Execute
+    calls.clear()
+    code = run_with_hydra(
+        [f"hydra.run.dir={run_dir}", "dataset=ton_iot"],
+        "run",
+        fake_experiment(calls),
+        check_run_dirs=True,
+    )
+
+    # Assert
+    err = capsys.readouterr().err
+    assert code == 2
+    assert calls == []
+    assert "settings differ from its checkpoint" in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == overrides
