@@ -237,6 +237,15 @@ def run_experiment(
         After SIGINT (Ctrl-C), once the ServerApp and Ray have stopped.
     """
     config = validate_run_config(run_config)
+    # A simulation starts exactly num-clients nodes, so waiting for more would
+    # only end at round-timeout. Deployments may run more SuperNodes than
+    # partitions (devices with data-path), so the run config allows it there.
+    if int(config["min-available-nodes"]) > int(config["num-clients"]):
+        raise ValueError(
+            f"invalid value {config['min-available-nodes']} for 'min-available-nodes': a "
+            f"simulation has only num-clients={config['num-clients']} nodes; lower it to at "
+            "most num-clients or 0 (all)"
+        )
     run_dir = resolve_run_dir(config)
     config["run-dir"] = str(run_dir)
 

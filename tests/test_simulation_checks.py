@@ -36,6 +36,17 @@ def test_existing_run_rejected_before_simulation(tmp_path, simulation_calls):
     assert simulation_calls == []
 
 
+def test_more_nodes_than_clients_rejected(tmp_path, simulation_calls):
+    # Prepare
+    config = {"run-dir": str(tmp_path / "run"), "num-clients": 3, "min-available-nodes": 20}
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="'min-available-nodes': a simulation has only"):
+        run_experiment(config)
+    assert simulation_calls == []
+    assert not (tmp_path / "run").exists()
+
+
 def test_changed_settings_rejected_before_simulation(tmp_path, simulation_calls):
     _write_checkpoint(tmp_path, validate_run_config({"run-dir": str(tmp_path), "seed": 1}))
 
