@@ -92,8 +92,8 @@ def plot_accuracy_vs_labels(rows: Sequence[Mapping[str, float]], path: Path) -> 
 def plot_per_class_recall(recall: Mapping[str, float | None], path: Path) -> Path:
     """Plot the global model's recall of each class as horizontal bars.
 
-    A class without test records has recall ``None`` (``null`` in summary.json);
-    it is drawn as an empty bar labelled ``n/a``.
+    A class without test records has recall ``None`` (``null`` in summary.json).
+    It is drawn as an empty bar labelled ``n/a``.
     """
     names = list(recall)
     values = [math.nan if recall[name] is None else float(recall[name]) for name in names]
