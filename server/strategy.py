@@ -142,14 +142,18 @@ class ReplyCheckMixin:
         if self.fraction_train == 0.0:  # type: ignore[attr-defined]
             return []
         self.sampled_nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)  # type: ignore[attr-defined]
+        logger.info(
+            "round %d: sampled %s",
+            server_round,
+            ", ".join(self.node_registry.name(node_id) for node_id in self.sampled_nodes),
+        )
         # Flower's own logger and wording, because `metals deploy` reads this
         # line from the `flwr run` stream to count lost SuperNodes.
         flwr_log(
             logging.INFO,
-            "configure_train: Sampled %d nodes (out of %d): %s",
+            "configure_train: Sampled %d nodes (out of %d)",
             len(self.sampled_nodes),
             len(list(grid.get_node_ids())),
-            ", ".join(self.node_registry.name(node_id) for node_id in self.sampled_nodes),
         )
         return self._messages(server_round, arrays, config, self.sampled_nodes, MessageType.TRAIN)
 
