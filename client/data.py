@@ -14,6 +14,7 @@ from metals.client.device_data import (
     device_partition,
     read_device_file,
 )
+from metals.client.node_identity import read_partition
 from metals.common.data import (
     ClientPartition,
     PreparedData,
@@ -136,19 +137,7 @@ def load_client_partition(
     ValueError
         When the node config lacks a partition or names one out of range.
     """
-    if "partition-id" not in node_config or "num-partitions" not in node_config:
-        raise ValueError(
-            f"node config {dict(node_config)} is missing 'partition-id' or 'num-partitions'; "
-            "start the node with --node-config 'partition-id=<i> num-partitions=<n>', "
-            f"or with '{DATA_PATH_KEY}=<traffic file>' on a device"
-        )
-    partition_id = int(node_config["partition-id"])
-    num_partitions = int(node_config["num-partitions"])
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(
-            f"invalid partition-id {partition_id}: must be in 0..{num_partitions - 1} "
-            f"for num-partitions {num_partitions}"
-        )
+    partition_id, num_partitions = read_partition(node_config)
     settings = tuple((key, run_config[key]) for key in DATA_KEYS)
     return _cached_partition(settings, partition_id, num_partitions)
 

@@ -43,6 +43,18 @@ def node_identity(node_config: Mapping[str, Any]) -> NodeIdentity:
             )
         return NodeIdentity(device_id=device_id_from_digest(file_sha256(path)))
 
+    partition_id, _ = read_partition(node_config)
+    return NodeIdentity(partition_id=partition_id)
+
+
+def read_partition(node_config: Mapping[str, Any]) -> tuple[int, int]:
+    """Return ``(partition-id, num-partitions)`` from a node config.
+
+    Raises
+    ------
+    ValueError
+        When either key is missing or the partition id is out of range.
+    """
     if "partition-id" not in node_config or "num-partitions" not in node_config:
         raise ValueError(
             f"node config {dict(node_config)} is missing 'partition-id' or 'num-partitions'; "
@@ -56,4 +68,4 @@ def node_identity(node_config: Mapping[str, Any]) -> NodeIdentity:
             f"invalid partition-id {partition_id}: must be in 0..{num_partitions - 1} "
             f"for num-partitions {num_partitions}"
         )
-    return NodeIdentity(partition_id=partition_id)
+    return partition_id, num_partitions
