@@ -461,8 +461,14 @@ def test_interrupt_stops_every_process(tmp_path: Path, data_dir: Path) -> None:
         f"data_dir={data_dir}",
         f"hydra.run.dir={run_dir}",
     ]
+    # A shell starts background jobs with SIGINT ignored, and a child keeps
+    # that, so restore the default as a terminal-started command has it.
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 60
