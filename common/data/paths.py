@@ -17,12 +17,14 @@ APP_NAME = "metals"
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
-    """Return the folder that holds the dataset files.
+    """Return the folder that contains the dataset files.
 
     Parameters
     ----------
     data_dir : str | Path | None
-        Folder given by ``--data-dir`` or the ``data-dir`` run-config key.
+        Folder given by the ``data_dir`` Hydra key (``data-dir`` in the run
+        config) or by the ``--data-dir`` option of ``metals detect``,
+        ``metals export`` and ``metals report``.
         ``None`` or ``""`` means not given.
 
     Returns
