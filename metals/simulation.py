@@ -6,20 +6,20 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from metals.common.runconfig import validate_run_config
 from metals.server.app import RoundProgress, build_server_app
 from metals.server.checkpoint import check_run_dir
 from metals.server.federation import resolve_run_dir
+from metals.server.grid import SIMULATION_POLL_SECONDS, PollingGrid
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class RunInterrupted(Exception):
         self.run_dir = run_dir
 
 
-class InterruptibleGrid(Grid):
+class InterruptibleGrid(PollingGrid):
     """A grid that raises :class:`RunInterrupted` once ``stop`` is set.
 
     Flower's simulation runs the ServerApp in a non-daemon thread that waits
@@ -91,78 +91,43 @@ class InterruptibleGrid(Grid):
         Set when the run must end.
     run_dir : Path
         Run directory, named in the exception.
-    poll_interval : float, default=0.1
+    poll_seconds : float, default=SIMULATION_POLL_SECONDS
         Seconds between two pulls of replies.
     """
 
     def __init__(
-        self, grid: Grid, stop: threading.Event, run_dir: Path, poll_interval: float = 0.1
+        self,
+        grid: Grid,
+        stop: threading.Event,
+        run_dir: Path,
+        poll_seconds: float = SIMULATION_POLL_SECONDS,
     ) -> None:
-        self._grid = grid
+        super().__init__(grid, poll_seconds)
         self._stop = stop
         self._run_dir = run_dir
-        self._poll_interval = poll_interval
 
     def _check_stop(self) -> None:
         if self._stop.is_set():
             raise RunInterrupted(self._run_dir)
 
-    def set_run(self, run: Any) -> None:
-        """Set the run on the wrapped grid."""
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        """Run information of the wrapped grid."""
-        return self._grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        """Create a message on the wrapped grid."""
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
     def get_node_ids(self) -> Iterable[int]:
         """Return the connected node ids, or raise :class:`RunInterrupted`."""
         self._check_stop()
-        return self._grid.get_node_ids()
+        return super().get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Push ``messages``, or raise :class:`RunInterrupted`."""
         self._check_stop()
-        return self._grid.push_messages(messages)
+        return super().push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """Pull the replies to ``message_ids``, or raise :class:`RunInterrupted`."""
         self._check_stop()
-        return self._grid.pull_messages(message_ids)
+        return super().pull_messages(message_ids)
 
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        """Push ``messages`` and pull replies until all arrive, ``timeout`` s pass or ``stop``.
-
-        Raises
-        ------
-        RunInterrupted
-            When ``stop`` is set before every reply arrived.
-        """
-        waiting = set(self.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
-        while waiting:
-            for reply in self.pull_messages(waiting):
-                replies.append(reply)
-                waiting.discard(reply.metadata.reply_to_message_id)
-            if not waiting or (deadline is not None and time.monotonic() >= deadline):
-                break
-            self._stop.wait(self._poll_interval)
-        return replies
+    def wait(self, seconds: float) -> None:
+        """Pause between two pulls, ending at once when ``stop`` is set."""
+        self._stop.wait(seconds)
 
 
 def interruptible_server_app(

@@ -11,6 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from metals.common.runconfig import SETTINGS, validate_run_config
 from metals.server.federation import run_federation
+from metals.server.grid import PollingGrid
 from metals.server.results import RoundProgress
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ def build_server_app(
         else:
             overrides = {key: value for key, value in context.run_config.items() if key in SETTINGS}
         config = validate_run_config(overrides)
+        if not isinstance(grid, PollingGrid):
+            grid = PollingGrid(grid)
         run_dir = run_federation(grid, config, progress)
         logger.info("run finished; results in %s", run_dir)
 

@@ -1,0 +1,81 @@
+"""Waiting for replies on a PollingGrid: every reply, the timeout, the interval, and stopping."""
+
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from metals.server.grid import PollingGrid
+from metals.simulation import InterruptibleGrid, RunInterrupted
+
+
+class _Grid:
+    """Grid stand-in: message ``i`` gets its reply on the ``delays[i]``-th pull, or never (None)."""
+
+    def __init__(self, delays):
+        self.delays = list(delays)
+        self.pulls = 0
+        self.pushed = []
+
+    def push_messages(self, messages):
+        self.pushed = [f"m{i}" for i, _ in enumerate(messages)]
+        return list(self.pushed)
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        ready = []
+        for i, message_id in enumerate(self.pushed):
+            if message_id in message_ids and self.delays[i] is not None:
+                if self.delays[i] <= self.pulls:
+                    ready.append(
+                        SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=message_id))
+                    )
+        return ready
+
+
+def test_send_and_receive_returns_every_reply_once():
+    # Prepare: three messages answered on the first, second and fourth pull.
+    grid = _Grid([1, 2, 4])
+    polling = PollingGrid(grid, poll_seconds=0.001)
+
+    # Execute
+    replies = list(polling.send_and_receive(["a", "b", "c"], timeout=5))
+
+    # Assert: each reply once, in arrival order, and no pull after the last one.
+    assert [reply.metadata.reply_to_message_id for reply in replies] == ["m0", "m1", "m2"]
+    assert grid.pulls == 4
+
+
+def test_send_and_receive_stops_at_the_timeout_with_the_replies_so_far():
+    # Prepare: the second message is never answered.
+    grid = _Grid([1, None])
+    polling = PollingGrid(grid, poll_seconds=0.01)
+
+    # Execute
+    started = time.monotonic()
+    replies = list(polling.send_and_receive(["a", "b"], timeout=0.2))
+    elapsed = time.monotonic() - started
+
+    # Assert
+    assert [reply.metadata.reply_to_message_id for reply in replies] == ["m0"]
+    assert 0.2 <= elapsed < 5
+
+
+def test_interval_must_be_positive():
+    with pytest.raises(ValueError, match="poll_seconds must be positive, got 0"):
+        PollingGrid(_Grid([]), poll_seconds=0)
+
+
+def test_interruptible_grid_stops_waiting_when_stop_is_set(tmp_path: Path):
+    # Prepare: no reply ever comes; stop is set from another thread.
+    stop = threading.Event()
+    grid = InterruptibleGrid(_Grid([None]), stop, tmp_path, poll_seconds=0.01)
+    threading.Timer(0.1, stop.set).start()
+
+    # Execute and assert: the wait ends with RunInterrupted long before the timeout.
+    started = time.monotonic()
+    with pytest.raises(RunInterrupted):
+        grid.send_and_receive(["a"], timeout=60)
+    assert time.monotonic() - started < 30
