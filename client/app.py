@@ -23,7 +23,7 @@ from metals.client.pool_file import (
 )
 from metals.client.pools import Pools, load_pools, save_pools
 from metals.client.preprocessor_cache import received_preprocessor_json
-from metals.common.al import query_count, select_queries
+from metals.common.al import budget_remaining, query_count, select_queries
 from metals.common.data import ClientPartition, oversample_smote
 from metals.common.model import MLP, build_model
 from metals.common.node_identity import IDENTITY_RECORD_KEY
@@ -149,6 +149,10 @@ def query_labels(
 ) -> int:
     """Run one active-learning query and move the newly labeled records into the labeled pool.
 
+    The query buys no more than the ``label-budget`` share of the client's
+    pools allows, so a client at its budget buys nothing and trains on the
+    labels it has.
+
     Returns
     -------
     int
@@ -158,6 +162,9 @@ def query_labels(
         len(pools.unlabeled),
         fraction=float(config["query-fraction"]),
         size=int(config["query-size"]),
+    )
+    count = min(
+        count, budget_remaining(len(pools.labeled), pools.size, float(config["label-budget"]))
     )
     if count == 0:
         return 0

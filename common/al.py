@@ -95,6 +95,31 @@ def query_count(pool_size: int, *, fraction: float = 0.0, size: int = 0) -> int:
     return min(wanted, pool_size)
 
 
+def budget_remaining(labeled: int, pool_size: int, budget: float) -> int:
+    """Return how many more labels a client may buy under a label budget.
+
+    The budget is the maximum labeled share of the client's pool (labeled
+    and unlabeled records together), so a client holds at most
+    ``floor(budget * pool_size)`` labels. A client that starts above that,
+    because its initial labels already exceed the budget, may buy none.
+
+    Raises
+    ------
+    ValueError
+        On a budget outside [0, 1] or a labeled count outside [0, pool_size].
+    """
+    if not 0 <= budget <= 1:
+        raise ValueError(f"invalid label budget {budget}: must be between 0 and 1")
+    if not 0 <= labeled <= pool_size:
+        raise ValueError(
+            f"invalid labeled count {labeled} for a pool of {pool_size} records: "
+            "it must be between 0 and the pool size"
+        )
+    # The small tolerance keeps products such as 0.3 * 10 = 2.9999999999999996 at 3.
+    allowed = math.floor(budget * pool_size + 1e-9)
+    return max(0, allowed - labeled)
+
+
 def rank_by_utility(utilities: np.ndarray, seed: int) -> np.ndarray:
     """Return positions of ``utilities`` (n,) from highest to lowest utility.
 

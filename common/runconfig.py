@@ -114,6 +114,13 @@ SETTINGS: dict[str, Setting] = {
     "query-size": Setting(
         0, "records queried per round per client (0 = use query-fraction)", low=0, high=1e9
     ),
+    "label-budget": Setting(
+        1.0,
+        "maximum labeled share of each client's pool; clients stop buying labels "
+        "there (1 = no limit)",
+        low=0,
+        high=1,
+    ),
     # Local training
     "hidden-layers": Setting("90,90", "comma-separated hidden layer widths"),
     "local-epochs": Setting(10, "local epochs per round", low=1, high=10_000),
@@ -238,10 +245,37 @@ def _check_combinations(config: RunConfig) -> None:
             "query-fraction and query-size are 0: clients buy no labels and train on "
             "their initial labeled pools only"
         )
+    _check_label_budget(config)
     if config["strategy"] == "fedavg" and config["proximal-mu"] != 0:
         raise ValueError(
             f"invalid value {config['proximal-mu']!r} for 'proximal-mu' with "
             "strategy fedavg: set strategy=fedprox or proximal-mu=0"
+        )
+
+
+def _check_label_budget(config: RunConfig) -> None:
+    """Check ``label-budget`` against the initial labeled share and the mode.
+
+    Raises ``ValueError`` when clients would start over the budget, and warns
+    when classical mode ignores it.
+    """
+    budget = float(config["label-budget"])
+    if budget >= 1:
+        return
+    if config["mode"] == "classical":
+        logger.warning(
+            "label-budget %g is ignored in classical mode, where every label is known; "
+            "use mode metals to cap the labels",
+            budget,
+        )
+        return
+    initial = float(config["initial-labeled-fraction"])
+    if budget < initial or budget == 0:
+        raise ValueError(
+            f"invalid value {budget!r} for 'label-budget' with initial-labeled-fraction "
+            f"{initial!r}: the budget must be above 0 and at least the initial labeled "
+            "share, or clients start over it; raise label-budget or lower "
+            "initial-labeled-fraction"
         )
 
 

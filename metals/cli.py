@@ -257,7 +257,8 @@ def run_command(argv: list[str]) -> int:
         from metals.progress import ProgressPrinter
         from metals.simulation import run_experiment
 
-        return run_experiment(run_config, progress=ProgressPrinter(), verbose=verbose)
+        printer = ProgressPrinter(label_budget=float(run_config["label-budget"]))
+        return run_experiment(run_config, progress=printer, verbose=verbose)
 
     return run_with_hydra(argv, "run", execute, check_run_dirs=True)
 

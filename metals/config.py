@@ -45,6 +45,7 @@ HYDRA_KEYS: dict[str, str] = {
     "al.initial_labeled_fraction": "initial-labeled-fraction",
     "al.query_fraction": "query-fraction",
     "al.query_size": "query-size",
+    "al.label_budget": "label-budget",
     "train.hidden_layers": "hidden-layers",
     "train.local_epochs": "local-epochs",
     "train.batch_size": "batch-size",

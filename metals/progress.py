@@ -21,7 +21,9 @@ class RoundReport(Protocol):
     elapsed_seconds: float
 
 
-def format_round(report: RoundReport, total_seconds: float | None = None) -> str:
+def format_round(
+    report: RoundReport, total_seconds: float | None = None, label_budget: float = 1.0
+) -> str:
     """Return the one-line summary of a finished round.
 
     Example: ``round  3/10 | clients 5/5 | labels 1,234 (24.1%) | accuracy 0.8123
@@ -29,13 +31,18 @@ def format_round(report: RoundReport, total_seconds: float | None = None) -> str
     replies out of sampled clients, and ``labels`` the labels bought from the
     oracle so far with the labeled share of the reporting clients' pools. ``round`` is the
     round's own wall time in seconds (``report.elapsed_seconds``) and
-    ``total`` the wall time since the run started, when given.
+    ``total`` the wall time since the run started, when given. A
+    ``label_budget`` below 1 is shown beside the labeled share, as in
+    ``labels 4,594 (48.9%, budget 50.0%)``.
     """
     digits = len(str(report.num_rounds))
+    share = f"{report.labeled_fraction:.1%}"
+    if label_budget < 1:
+        share += f", budget {label_budget:.1%}"
     line = (
         f"round {report.round:>{digits}}/{report.num_rounds}"
         f" | clients {report.valid_replies}/{report.sampled_clients}"
-        f" | labels {report.labels_queried_total:,} ({report.labeled_fraction:.1%})"
+        f" | labels {report.labels_queried_total:,} ({share})"
         f" | accuracy {report.accuracy:.4f}"
         f" | macro-F1 {report.macro_f1:.4f}"
         f" | round {report.elapsed_seconds:.1f} s"
@@ -56,14 +63,18 @@ class ProgressPrinter:
     stream : TextIO | None, default=None
         Where the lines go; the process standard output when None, looked up
         at each call so that a redirected ``sys.stdout`` is honoured.
+    label_budget : float, default=1.0
+        The run's ``label-budget``, shown in each line when below 1.
     """
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, label_budget: float = 1.0) -> None:
         self.stream = stream
+        self.label_budget = label_budget
         self.started = time.monotonic()
 
     def __call__(self, report: RoundReport) -> None:
         """Write the line for ``report`` and flush it."""
         stream = self.stream or sys.stdout
-        stream.write(format_round(report, time.monotonic() - self.started) + "\n")
+        line = format_round(report, time.monotonic() - self.started, self.label_budget)
+        stream.write(line + "\n")
         stream.flush()

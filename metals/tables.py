@@ -102,6 +102,9 @@ def read_json(run_dir: str | Path, name: str) -> dict[str, Any]:
 def describe_run(run_config: Mapping[str, Any], training: str | None = None) -> str:
     """Return a short label such as ``FedProx(0.5), margin`` for a run config.
 
+    A METALS run with a ``label-budget`` below 1 gets it appended, as in
+    ``FedAvg, margin, label budget 50%``.
+
     ``training`` is the ``training`` entry of ``summary.json``; ``"centralized"``
     marks a run of ``metals centralized``.
     """
@@ -115,7 +118,11 @@ def describe_run(run_config: Mapping[str, Any], training: str | None = None) -> 
 
     if str(run_config.get("mode", "metals")) == "classical":
         return f"{aggregator}, classical FL"
-    return f"{aggregator}, {run_config.get('al-strategy', '?')}"
+    label = f"{aggregator}, {run_config.get('al-strategy', '?')}"
+    budget = float(run_config.get("label-budget", 1.0))
+    if budget < 1:
+        label += f", label budget {budget:.0%}"
+    return label
 
 
 @dataclass(frozen=True)

@@ -197,6 +197,32 @@ def test_progress_line_fields():
     assert line.endswith(" s\n")
 
 
+def test_progress_line_shows_label_budget():
+    # Prepare
+    from metals.progress import ProgressPrinter
+    from metals.server.results import RoundProgress
+
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, label_budget=0.5)
+    report = RoundProgress(
+        round=9,
+        num_rounds=50,
+        sampled_clients=20,
+        valid_replies=20,
+        labels_queried_total=4594,
+        labeled_fraction=0.489,
+        accuracy=0.7265,
+        macro_f1=0.4651,
+        elapsed_seconds=1.0,
+    )
+
+    # Execute
+    printer(report)
+
+    # Assert
+    assert "| labels 4,594 (48.9%, budget 50.0%) |" in stream.getvalue()
+
+
 DATA_DIR = Path(
     os.environ.get("METALS_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data"
 )

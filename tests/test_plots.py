@@ -114,6 +114,14 @@ def test_table_without_client_accuracy(tmp_path):
             {"strategy": "fedprox", "proximal-mu": 0.8, "al-strategy": "random"},
             "FedProx(0.8), random",
         ),
+        (
+            {"strategy": "fedavg", "al-strategy": "margin", "label-budget": 0.5},
+            "FedAvg, margin, label budget 50%",
+        ),
+        (
+            {"strategy": "fedavg", "mode": "classical", "label-budget": 0.5},
+            "FedAvg, classical FL",
+        ),
     ],
 )
 def test_describe_run_labels(config, expected):

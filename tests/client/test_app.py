@@ -92,6 +92,28 @@ def test_labels_bought_kept_next_round(run_config, global_arrays):
     )
 
 
+def test_label_budget_stops_buying(run_config, global_arrays):
+    # Prepare: 20% initial labels and 10% of the unlabeled pool queried per
+    # round reach 28% in round 1, so the 30% budget cuts round 2 short.
+    config = {**run_config, "label-budget": 0.3}
+    context = _context()
+    arrays = global_arrays
+
+    # Execute
+    bought = []
+    for server_round in range(1, 5):
+        reply = app(_train_message(arrays, config, server_round), context)
+        arrays = reply.content["arrays"]
+        bought.append(reply.content["metrics"]["labels-queried"])
+    metrics = reply.content["metrics"]
+
+    # Assert
+    assert bought[0] > bought[1] > 0
+    assert bought[2:] == [0, 0]
+    assert metrics["labeled-pool-size"] == int(0.3 * metrics["pool-size"])
+    assert metrics["num-examples"] == metrics["labeled-pool-size"]
+
+
 def test_classical_mode_queries_nothing(run_config, global_arrays):
     config = {**run_config, "mode": "classical"}
 

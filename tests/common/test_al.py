@@ -3,6 +3,7 @@ import pytest
 
 from metals.common.al import (
     STRATEGIES,
+    budget_remaining,
     entropy_scores,
     kcenter_greedy,
     least_confidence_scores,
@@ -202,6 +203,37 @@ def test_kcenter_with_duplicates_picks_unique_rows():
 )
 def test_query_count(pool_size, fraction, size, expected):
     assert query_count(pool_size, fraction=fraction, size=size) == expected
+
+
+@pytest.mark.parametrize(
+    ("labeled", "pool_size", "budget", "expected"),
+    [
+        (20, 100, 0.5, 30),
+        (50, 100, 0.5, 0),
+        (60, 100, 0.5, 0),
+        (2, 10, 0.3, 1),
+        (45, 181, 0.5, 45),
+        (0, 0, 0.5, 0),
+        (10, 100, 1.0, 90),
+        (0, 100, 0.0, 0),
+    ],
+)
+def test_budget_remaining(labeled, pool_size, budget, expected):
+    assert budget_remaining(labeled, pool_size, budget) == expected
+
+
+@pytest.mark.parametrize(
+    ("labeled", "pool_size", "budget", "message"),
+    [
+        (0, 10, 1.5, "invalid label budget 1.5"),
+        (0, 10, -0.5, "invalid label budget -0.5"),
+        (11, 10, 0.5, "invalid labeled count 11"),
+        (-1, 10, 0.5, "invalid labeled count -1"),
+    ],
+)
+def test_budget_remaining_rejects_bad_input(labeled, pool_size, budget, message):
+    with pytest.raises(ValueError, match=message):
+        budget_remaining(labeled, pool_size, budget)
 
 
 @pytest.mark.parametrize(("fraction", "size"), [(1.5, 0), (-0.1, 0), (0.2, -1)])

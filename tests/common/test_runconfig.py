@@ -44,6 +44,11 @@ def test_strings_coerced_to_key_types():
         ({"proximal-mu": 0.5}, "set strategy=fedprox or proximal-mu=0"),
         ({"labels": "7"}, "'labels' with dataset 'nsl_kdd': allowed are default"),
         ({"dataset": "ton_iot", "labels": "family"}, "allowed are default, type, binary"),
+        ({"label-budget": 1.5}, "'label-budget': must be <= 1"),
+        ({"label-budget": -0.1}, "'label-budget': must be >= 0"),
+        ({"label-budget": "half"}, "'label-budget': expected a number"),
+        ({"label-budget": 0.1}, "'label-budget' with initial-labeled-fraction 0.2"),
+        ({"label-budget": 0, "initial-labeled-fraction": 0}, "must be above 0"),
     ],
 )
 def test_invalid_values_rejected(overrides, message):
@@ -75,3 +80,21 @@ def test_classical_mode_without_queries_is_quiet(caplog):
 
     # Assert
     assert caplog.text == ""
+
+
+def test_label_budget_at_initial_share_accepted():
+    # Execute
+    config = validate_run_config({"label-budget": 0.2, "initial-labeled-fraction": 0.2})
+
+    # Assert
+    assert config["label-budget"] == 0.2
+
+
+def test_label_budget_in_classical_mode_warns(caplog):
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="metals.common.runconfig"):
+        config = validate_run_config({"mode": "classical", "label-budget": 0.1})
+
+    # Assert
+    assert config["label-budget"] == 0.1
+    assert "label-budget 0.1 is ignored in classical mode" in caplog.text
