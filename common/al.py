@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import entr
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +48,10 @@ def _check_probs(probs: np.ndarray) -> np.ndarray:
 def entropy_scores(probs: np.ndarray) -> np.ndarray:
     r"""Return the predictive entropy :math:`-\sum_c p_c \log p_c` of each row (nats).
 
-    Probabilities of 0 contribute 0 (``scipy.special.entr``), never NaN.
+    Probabilities of 0 contribute 0, never NaN: their logarithm is taken of 1.
     """
-    return entr(_check_probs(probs)).sum(axis=1)
+    probs = _check_probs(probs)
+    return -(probs * np.log(np.where(probs > 0, probs, 1.0))).sum(axis=1)
 
 
 def margin_scores(probs: np.ndarray) -> np.ndarray:
