@@ -8,6 +8,7 @@ import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,15 @@ from flwr.app import Array, ArrayRecord
 from metals.server.results import atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+
+def resolve_run_dir(config: Mapping[str, Any]) -> Path:
+    """Return the run directory: ``run-dir``, or a new ``runs/<timestamp>`` under the cwd."""
+    if str(config["run-dir"]):
+        return Path(str(config["run-dir"])).expanduser().resolve()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return (Path.cwd() / "runs" / stamp).resolve()
+
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from metals.common.training import predict_proba
 from metals.server.checkpoint import (
     Checkpoint,
     check_run_dir,
+    resolve_run_dir,
     restore_generator,
     save_checkpoint,
 )
@@ -42,14 +42,6 @@ from metals.server.results import (
 from metals.server.strategy import RoundFailedError, build_strategy
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_run_dir(config: Mapping[str, Any]) -> Path:
-    """Return the run directory: ``run-dir``, or a new ``runs/<timestamp>`` under the cwd."""
-    if str(config["run-dir"]):
-        return Path(str(config["run-dir"])).expanduser().resolve()
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return (Path.cwd() / "runs" / stamp).resolve()
 
 
 def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> int:
