@@ -48,6 +48,12 @@ CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 PREPROCESSOR_DIR = "preprocessor"
 
+#: Records per forward pass. On a 2-core Xeon (AVX-512, torch 2.13, one thread) the
+#: 2 x 90 NSL-KDD MLP took about 0.6 s of CPU per 1M records in batches of 8,192 and
+#: 0.8 s in batches of 65,536, with bit-identical probabilities. Smaller batches
+#: probably keep more of the activations in the CPU cache.
+PREDICT_BATCH = 8192
+
 #: Class names, compared case-insensitively, that mean benign traffic.
 BENIGN_NAMES = frozenset({"normal", "benign"})
 
@@ -222,16 +228,46 @@ class Detector:
         """Encode and scale raw records, float32 (n_records, num_features)."""
         return self.preprocessor.transform_features(frame)
 
-    def predict_proba(self, x: np.ndarray, *, batch_size: int = 65_536) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray, *, batch_size: int = PREDICT_BATCH) -> np.ndarray:
         """Return class probabilities, float32 (n, num_classes), for ``x`` of shape (n, d)."""
-        outputs = []
-        with torch.no_grad():
+        probabilities = np.empty((len(x), len(self.class_names)), dtype=np.float32)
+        with torch.inference_mode():
             for start in range(0, len(x), batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
-                outputs.append(torch.softmax(self.model(batch), dim=1).numpy())
-        if not outputs:
-            return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        return np.concatenate(outputs)
+                probabilities[start : start + batch_size] = torch.softmax(self.model(batch), dim=1)
+        return probabilities
+
+    def predict(
+        self, x: np.ndarray, *, batch_size: int = PREDICT_BATCH
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return the most probable class of each record and its probability.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            float32 (n, num_features): preprocessed records.
+        batch_size : int, default=PREDICT_BATCH
+            Records per forward pass.
+
+        Returns
+        -------
+        predicted : numpy.ndarray
+            int64 (n,): class index; the first of equally probable classes.
+        probability : numpy.ndarray
+            float32 (n,): softmax probability of that class.
+        """
+        predicted = torch.empty(len(x), dtype=torch.int64)
+        probability = torch.empty(len(x), dtype=torch.float32)
+        with torch.inference_mode():
+            for start in range(0, len(x), batch_size):
+                stop = min(start + batch_size, len(x))
+                batch = torch.from_numpy(np.ascontiguousarray(x[start:stop]))
+                torch.max(
+                    torch.softmax(self.model(batch), dim=1),
+                    dim=1,
+                    out=(probability[start:stop], predicted[start:stop]),
+                )
+        return predicted.numpy(), probability.numpy()
 
 
 def load_detector(run_dir: str | Path) -> Detector:
@@ -394,12 +430,11 @@ def detect_chunks(
     torch.set_num_threads(max(1, threads - 1))
     try:
         for chunk, x, true, unseen in encoded:
-            probabilities = detector.predict_proba(x)
-            predicted = probabilities.argmax(axis=1)
+            predicted, probability = detector.predict(x)
             yield ChunkPrediction(
                 lines=chunk.lines,
-                predicted=predicted.astype(np.int64),
-                probability=probabilities[np.arange(len(predicted)), predicted],
+                predicted=predicted,
+                probability=probability,
                 true=true,
                 bad=chunk.bad,
                 unseen=unseen,
