@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -411,34 +412,8 @@ def iter_traffic_chunks(
         if columns.header_lines:
             handle.readline()
         first_line = columns.header_lines + 1
-        pending = b""
-        pending_lines = 0  # line breaks in pending
-        read_bytes = MIN_READ_BYTES
-        at_end = False
-        while True:
-            while pending_lines < chunk_size and not at_end:
-                data = handle.read(read_bytes)
-                if not data:
-                    at_end = True
-                    break
-                pending_lines += data.count(b"\n")
-                pending += data
-                # Size later reads from the observed line length to cut the number of reads.
-                if pending_lines:
-                    per_line = len(pending) / pending_lines
-                    read_bytes = max(MIN_READ_BYTES, int(per_line * chunk_size * 1.1))
-
-            if pending_lines >= chunk_size:
-                cut = _cut_after_line(pending, pending_lines, chunk_size)
-                n_lines = chunk_size
-                pending_lines -= chunk_size
-            else:
-                # The rest of the file; its last line may lack a line break.
-                cut = len(pending)
-                n_lines = pending_lines + (0 if pending.endswith(b"\n") else 1)
-                pending_lines = 0
-            block, pending = pending[:cut], pending[cut:]
-            if first_line == 1 and block.startswith(b"\xef\xbb\xbf"):
+        for block, n_lines in _line_blocks(handle, chunk_size):
+            if first_line == 1 and block[:3] == b"\xef\xbb\xbf":
                 block = block[3:]
             if not block:
                 return
@@ -447,20 +422,76 @@ def iter_traffic_chunks(
             yield chunk
 
 
-def _cut_after_line(data: bytes, n_breaks: int, n_lines: int) -> int:
-    """Return the offset just after the ``n_lines``-th line break of ``data``.
+def _line_blocks(handle: BinaryIO, chunk_size: int) -> Iterator[tuple[memoryview, int]]:
+    """Yield blocks of ``chunk_size`` whole lines, and the rest of the file last.
 
-    ``data`` contains ``n_breaks`` >= ``n_lines`` line breaks. Only the tail
-    after the cut is scanned, because reads end a little past it.
+    Every block is a view of one buffer that is reused for the next block, so
+    a block is valid only until the next one is requested. Reusing the buffer
+    spares a fresh allocation and its page faults per chunk.
+
+    Yields
+    ------
+    block : memoryview
+        The lines, each with its line break except perhaps the file's last.
+    n_lines : int
+        Lines in ``block``: ``chunk_size``, or fewer in the last block.
     """
-    after = n_breaks - n_lines  # line breaks that follow the cut
-    window = max(MIN_READ_BYTES, int(len(data) / n_breaks * (after + 1) * 1.5))
+    buffer = bytearray(MIN_READ_BYTES)
+    view = memoryview(buffer)
+    start = end = 0  # the lines not yet yielded are buffer[start:end]
+    breaks = 0  # line breaks in buffer[start:end]
+    read_total = breaks_total = 0
+    at_end = False
     while True:
-        start = max(0, len(data) - window)
-        tail = np.frombuffer(data, dtype=np.uint8, offset=start)
-        breaks = np.flatnonzero(tail == NEWLINE)
-        if len(breaks) > after:
-            return start + int(breaks[len(breaks) - after - 1]) + 1
+        while breaks < chunk_size and not at_end:
+            # Size the read from the line length seen so far, to read a chunk in one call.
+            per_line = read_total / breaks_total if breaks_total else 0.0
+            read_size = max(MIN_READ_BYTES, int(per_line * (chunk_size - breaks) * 1.1))
+            tail = end - start
+            if tail + read_size > len(buffer):
+                grown = bytearray(tail + read_size)
+                grown[:tail] = view[start:end]
+                buffer, view = grown, memoryview(grown)
+            elif start:
+                view[:tail] = bytes(view[start:end])
+            start, end = 0, tail
+            n_read = handle.readinto(view[end : end + read_size])
+            if not n_read:
+                at_end = True
+                break
+            n_breaks = buffer.count(b"\n", end, end + n_read)
+            breaks += n_breaks
+            breaks_total += n_breaks
+            read_total += n_read
+            end += n_read
+
+        if breaks >= chunk_size:
+            cut = _cut_after_line(buffer, start, end, breaks - chunk_size)
+            yield view[start:cut], chunk_size
+            breaks -= chunk_size
+            start = cut
+            continue
+
+        # The rest of the file; its last line may lack a line break.
+        if end > start:
+            yield view[start:end], breaks + (0 if buffer[end - 1] == NEWLINE else 1)
+        return
+
+
+def _cut_after_line(buffer: bytearray, start: int, end: int, after: int) -> int:
+    """Return the offset in ``buffer`` just after the line break followed by ``after`` others.
+
+    Only the tail of ``buffer[start:end]`` is scanned, because reads end a
+    little past the cut.
+    """
+    window = MIN_READ_BYTES
+    while True:
+        low = max(start, end - window)
+        tail = np.frombuffer(buffer, dtype=np.uint8, count=end - low, offset=low)
+        positions = np.flatnonzero(tail == NEWLINE)
+        del tail  # release the export, so the caller may replace the buffer
+        if len(positions) > after:
+            return low + int(positions[len(positions) - after - 1]) + 1
         window *= 2
 
 
@@ -484,7 +515,7 @@ def _non_empty_lines(block: bytes, starts: np.ndarray) -> np.ndarray:
 
 
 def _parse_block(
-    block: bytes,
+    block: memoryview,
     n_lines: int,
     first_line: int,
     columns: FileColumns,
@@ -580,7 +611,7 @@ def _parse_block(
 
 
 def _match_lines(
-    block: bytes,
+    block: memoryview,
     wrong_width: list[str],
     n_records: int,
     first_line: int,
@@ -588,6 +619,7 @@ def _match_lines(
     path: Path,
 ) -> tuple[list[BadRecord], np.ndarray]:
     """Return the records skipped for their field count and the line of each parsed record."""
+    block = bytes(block)  # a copy to search in; rows of the wrong width are rare
     starts = _line_starts(block)
     non_empty = _non_empty_lines(block, starts)
     bad_index = _locate_rows(block, starts, wrong_width, path, first_line)
