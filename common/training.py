@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from metals.common.optim import Adam
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,7 +50,8 @@ def train_local(
     :math:`\frac{\mu}{2} \lVert w - w^t \rVert^2`, where :math:`w^t` are the
     weights ``model`` holds when this function starts (the received global
     model). Source: Li et al., "Federated Optimization in Heterogeneous
-    Networks", MLSys 2020. L2 regularisation is Adam's ``weight_decay``.
+    Networks", MLSys 2020. L2 regularisation is Adam's ``weight_decay``
+    (:class:`metals.common.optim.Adam`).
 
     Parameters
     ----------
@@ -93,7 +96,7 @@ def train_local(
     features = torch.as_tensor(x, dtype=torch.float32)
     targets = torch.as_tensor(y, dtype=torch.int64)
     global_params = [param.detach().clone() for param in model.parameters()]
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    optimizer = Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     criterion = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
 
