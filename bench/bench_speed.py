@@ -328,8 +328,8 @@ def profile_startup(work: Path, overrides: list[str]) -> dict[str, Any]:
     total = time.perf_counter() - started
 
     steps = {
-        "ray.init (GCS, raylet, dashboard and agent processes)": ("ray/_private/worker.py", "init"),
-        "import flwr.simulation (and Ray)": ("flwr/simulation/__init__.py", "<module>"),
+        "ray.init (GCS, raylet and agent processes), while another thread imports torch, "
+        "Flower and both apps": ("ray/_private/worker.py", "init"),
         "Ray shutdown": ("ray/_private/worker.py", "shutdown"),
     }
     found = dict.fromkeys(steps, 0.0)
@@ -341,7 +341,7 @@ def profile_startup(work: Path, overrides: list[str]) -> dict[str, Any]:
 
     server_steps = {
         "waiting for the clients' replies (send_and_receive)": (
-            "inmemory_grid.py",
+            "server/grid.py",
             "send_and_receive",
         ),
         "global evaluation on the test set": ("server/federation.py", "__call__"),
