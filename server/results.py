@@ -9,11 +9,13 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import torch
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
 
 FORMAT_VERSION = 1
 
@@ -114,6 +116,8 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
             f"{path} has columns {header}, expected {list(METRICS_COLUMNS)}; it was not written "
             "by this version of metals"
         )
+    import pandas as pd
+
     return pd.read_csv(path)
 
 
@@ -187,6 +191,9 @@ def save_model(run_dir: Path, state_dict: Mapping[str, torch.Tensor]) -> Path:
     """Save the final global weights as a torch state_dict to ``run_dir/model.pt``."""
     path = Path(run_dir) / "model.pt"
     temporary = path.with_name(".model.pt.tmp")
+    # Imported here so that the run-directory checks of metals run stay free of torch.
+    import torch
+
     torch.save(dict(state_dict), temporary)
     os.replace(temporary, path)
     return path
