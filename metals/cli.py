@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,6 +257,11 @@ def run_command(argv: list[str]) -> int:
     def execute(run_config: RunConfig, verbose: bool) -> Path:
         from metals.progress import ProgressPrinter
         from metals.simulation import run_experiment
+
+        # The plots come after the run; matplotlib imports while Ray starts.
+        threading.Thread(
+            target=importlib.import_module, args=("metals.plots",), daemon=True
+        ).start()
 
         printer = ProgressPrinter(label_budget=float(run_config["label-budget"]))
         return run_experiment(run_config, progress=printer, verbose=verbose)
