@@ -65,6 +65,15 @@ def test_metals_paper_preset():
     assert run_config["mode"] == "metals"
 
 
+def test_label_budget_override():
+    # Execute
+    run_config, _ = compose_run_config(["+experiment=metals_paper", "al.label_budget=0.5"])
+
+    # Assert
+    assert run_config["label-budget"] == 0.5
+    assert run_config["initial-labeled-fraction"] == 0.2
+
+
 def test_classical_fl_preset():
     # Execute
     run_config, _ = compose_run_config(["+experiment=classical_fl"])
@@ -125,6 +134,7 @@ def test_run_dir_recorded(tmp_path):
         ("verbose=maybe", "verbose"),
         ("+typo_key=1", "typo_key"),
         ("dataset=kdd99", "dataset/kdd99"),
+        ("al.label_budget=0.1", "al.label_budget"),
     ],
 )
 def test_invalid_value_rejected(override, expected):
