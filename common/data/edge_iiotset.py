@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from metals.common.data.blocks import map_threads
 from metals.common.data.errors import DataError
 from metals.common.data.table import (
     LABEL,
@@ -175,6 +174,12 @@ def _check_header_and_tail(path: Path) -> None:
         )
 
 
+# Bytes of CSV text that one pyarrow task parses. Small blocks stay in the
+# CPU cache. On the 2.2M-row file of bench/bench_prepare.py (2-core Xeon,
+# loaded by other jobs), the parse took about 5.1 s of CPU time with 1 or
+# 2 MiB blocks, 6.3 s with 16 MiB and 10.2 s with 64 MiB.
+_BLOCK_BYTES = 1 << 21
+
 # pyarrow's message when a value does not convert to the requested column type.
 _CONVERSION_ERROR = "CSV conversion error"
 _READ_COLUMNS = [name for name in COLUMNS if name not in NOT_READ]
@@ -206,7 +211,7 @@ def _read_table(path: Path, column_types: dict[str, pa.DataType], malformed: lis
     try:
         return pacsv.read_csv(
             path,
-            read_options=pacsv.ReadOptions(use_threads=True, block_size=1 << 24),
+            read_options=pacsv.ReadOptions(use_threads=True, block_size=_BLOCK_BYTES),
             parse_options=pacsv.ParseOptions(invalid_row_handler=skip_malformed),
             convert_options=pacsv.ConvertOptions(
                 column_types=column_types,
@@ -247,10 +252,8 @@ def _fill_numeric(column: pa.ChunkedArray, out: np.ndarray) -> np.ndarray | None
         out[:] = pd.to_numeric(strings, errors="coerce").to_numpy(dtype=np.float64)
         blank = strings.isna().to_numpy() | (strings.str.strip() == "").to_numpy()
         return np.isnan(out) & ~blank
-    start = 0
-    for chunk in numbers.chunks:
-        out[start : start + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
-        start += len(chunk)
+    chunks = [chunk.to_numpy(zero_copy_only=False) for chunk in numbers.chunks]
+    np.concatenate(chunks or [np.empty(0)], out=out)
     return None
 
 
@@ -354,15 +357,16 @@ def read_edge_iiotset_file(path: Path, report: LoadReport) -> pd.DataFrame:
     label_codes = _check_labels(table.column(ATTACK_TYPE), path)
 
     # Text in any numeric column means the row is shifted or mixed-type.
-    # Columns are filled in threads into a Fortran-ordered matrix, which
-    # becomes the frame's single float64 block without a copy. The shift
-    # checks and Attack_label go into a second matrix beside it.
+    # Columns are copied into a Fortran-ordered matrix, which becomes the
+    # frame's single float64 block without a copy. The shift checks and
+    # Attack_label go into a second matrix beside it. One thread copies
+    # them, because with a thread per core the copies took more CPU time.
     numbers = np.empty((rows, len(NUMERIC)), order="F")
     checks = np.empty((rows, len(SHIFT_CHECK) + 1), order="F")
     names = [*SHIFT_CHECK, *NUMERIC, ATTACK_LABEL]
     targets = [*checks[:, : len(SHIFT_CHECK)].T, *numbers.T, checks[:, -1]]
     columns = [table.column(name) for name in names]
-    texts = map_threads(lambda pair: _fill_numeric(*pair), list(zip(columns, targets, strict=True)))
+    texts = [_fill_numeric(column, out) for column, out in zip(columns, targets, strict=True)]
     attack_label = checks[:, -1]
     shifted = np.zeros(rows, dtype=bool)
     for name, text in zip(names[:-1], texts[:-1], strict=True):
