@@ -1,14 +1,13 @@
-"""Split numpy work into row blocks, and whole columns across threads."""
+"""Split numpy work on the rows of a table into blocks, run on one thread per core."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
-U = TypeVar("U")
 
 # 8,192 rows of 40 float64 columns are 2.5 MiB, so a block's temporaries
 # stay in the CPU cache. On the 2.2M-row file of bench/bench_prepare.py
@@ -16,24 +15,41 @@ U = TypeVar("U")
 BLOCK_ROWS = 1 << 13
 
 
-def map_threads(function: Callable[[U], T], items: Iterable[U]) -> list[T]:
-    """Return ``[function(item) for item in items]``, computed on one thread per core.
-
-    numpy and pyarrow release the GIL while they copy or convert a column,
-    so whole columns run in parallel. Small row blocks do not: there the
-    threads mostly wait for the GIL, and on a loaded machine they took more
-    time than one thread.
-    """
-    items = list(items)
-    workers = min(os.cpu_count() or 1, len(items))
-    if workers <= 1:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metals-data") as pool:
-        return list(pool.map(function, items))
-
-
 def map_blocks(function: Callable[[int, int], T], n_rows: int) -> list[T]:
-    """Return ``function(start, stop)`` for consecutive row blocks covering ``n_rows``, in order."""
-    return [
-        function(start, min(start + BLOCK_ROWS, n_rows)) for start in range(0, n_rows, BLOCK_ROWS)
-    ]
+    """Return ``function(start, stop)`` for consecutive row blocks covering ``n_rows``, in order.
+
+    The rows are cut into one contiguous span per usable core, and each
+    thread calls ``function`` on the blocks of its span. numpy releases the
+    GIL while it computes on a block, so the threads run in parallel.
+    ``function`` may run in several threads at once and must write only
+    rows ``start:stop`` of any shared output.
+    """
+    n_blocks = -(-n_rows // BLOCK_ROWS)
+    workers = min(_usable_cores(), n_blocks)
+    if workers <= 1:
+        return [
+            function(start, min(start + BLOCK_ROWS, n_rows))
+            for start in range(0, n_rows, BLOCK_ROWS)
+        ]
+
+    # Spans are whole numbers of blocks, so the blocks are the same as on one thread.
+    span = -(-n_blocks // workers) * BLOCK_ROWS
+
+    def map_span(first: int) -> list[T]:
+        last = min(first + span, n_rows)
+        return [
+            function(start, min(start + BLOCK_ROWS, last))
+            for start in range(first, last, BLOCK_ROWS)
+        ]
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metals-data") as pool:
+        spans = list(pool.map(map_span, range(0, n_rows, span)))
+    return [result for results in spans for result in results]
+
+
+def _usable_cores() -> int:
+    """Return the number of cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
