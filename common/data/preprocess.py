@@ -94,9 +94,8 @@ class Preprocessor:
         # A one-hot column spans [0, 1] unless its category is in every row.
         for column in self.categorical:
             categories = self.categories_[column]
-            codes = _category_codes(frame[column], categories)
-            if rows is not None:
-                codes = codes[rows]
+            row_codes, lookup = _category_lookup(frame[column], categories)
+            codes = lookup[row_codes if rows is None else row_codes[rows]]
             always = len(categories) == 1 and bool(np.all(codes == 0))
             lows.append(np.full(len(categories), 1.0 if always else 0.0))
             highs.append(np.ones(len(categories)))
@@ -178,31 +177,41 @@ class Preprocessor:
         self._check_columns(frame)
         assert self.categories_ is not None
         n_numeric = len(self.numeric)
-        n_features = n_numeric + sum(len(values) for values in self.categories_.values())
+        widths = [len(self.categories_[column]) for column in self.categorical]
+        offsets = [n_numeric + sum(widths[:position]) for position in range(len(widths))]
+        n_features = n_numeric + sum(widths)
         n_rows = len(frame) if rows is None else len(rows)
-        matrix = np.zeros((n_rows, n_features), dtype=np.float32)
+        matrix = np.empty((n_rows, n_features), dtype=np.float32)
         values = _numeric_values(frame, self.numeric)
-        codes = []
-        for column in self.categorical:
-            column_codes = _category_codes(frame[column], self.categories_[column])
-            codes.append(column_codes if rows is None else column_codes[rows])
+        lookups = [
+            _category_lookup(frame[column], self.categories_[column]) for column in self.categorical
+        ]
         low, span = self.min_[:n_numeric], self.scale_[:n_numeric]
 
-        def scale_block(start: int, stop: int) -> int:
-            block = values[start:stop] if rows is None else values[rows[start:stop]]
-            scaled = (block - low) / span
+        # Each row block is scaled and one-hot encoded while it is in the CPU
+        # cache. A code indexes the flat block: row * n_features + offset + code.
+        def encode_block(start: int, stop: int) -> tuple[int, list[int]]:
+            index = slice(start, stop) if rows is None else rows[start:stop]
+            scaled = (values[index] - low) / span
             clipped = int(np.count_nonzero((scaled < 0.0) | (scaled > 1.0)))
             np.clip(scaled, 0.0, 1.0, out=scaled)
-            matrix[start:stop, :n_numeric] = scaled
-            return clipped
+            block = matrix[start:stop]
+            block[:, :n_numeric] = scaled
+            block[:, n_numeric:] = 0.0
+            flat = block.reshape(-1)
+            row_starts = np.arange(0, (stop - start) * n_features, n_features, dtype=np.int64)
+            unseen = []
+            for (row_codes, lookup), offset in zip(lookups, offsets, strict=True):
+                block_codes = lookup[row_codes[index]]
+                seen = block_codes >= 0
+                unseen.append(len(block_codes) - int(np.count_nonzero(seen)))
+                flat[(row_starts + offset + block_codes)[seen]] = 1.0
+            return clipped, unseen
 
-        n_clipped = sum(map_blocks(scale_block, n_rows))
-
-        offset = n_numeric
-        for column, column_codes in zip(self.categorical, codes, strict=True):
-            categories = self.categories_[column]
-            seen = column_codes >= 0
-            unseen = int(len(column_codes) - np.count_nonzero(seen))
+        counts = map_blocks(encode_block, n_rows)
+        n_clipped = sum(clipped for clipped, _ in counts)
+        for position, column in enumerate(self.categorical):
+            unseen = sum(block_unseen[position] for _, block_unseen in counts)
             if unseen:
                 logger.info(
                     "column %s: %s value(s) of categories not seen in training encoded as "
@@ -210,14 +219,14 @@ class Preprocessor:
                     column,
                     unseen,
                 )
-            matrix[np.flatnonzero(seen), offset + column_codes[seen]] = 1.0
-            block = slice(offset, offset + len(categories))
+
+        for offset, width in zip(offsets, widths, strict=True):
+            block = slice(offset, offset + width)
             if np.any(self.min_[block] != 0.0):
                 # A category present in every training row: scale to 0 and clip the rest.
                 shifted = (matrix[:, block] - self.min_[block]) / self.scale_[block]
                 n_clipped += int(np.count_nonzero((shifted < 0.0) | (shifted > 1.0)))
                 matrix[:, block] = np.clip(shifted, 0.0, 1.0)
-            offset += len(categories)
         return matrix, n_clipped
 
     def encode_labels(self, labels: pd.Series) -> np.ndarray:
@@ -368,12 +377,25 @@ def _column_range(values: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarr
     return low, high
 
 
-def _category_codes(values: pd.Series, categories: list[str]) -> np.ndarray:
-    """Return the position of each value in ``categories``, -1 for an unseen one."""
+def _category_lookup(values: pd.Series, categories: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Return row codes and a lookup that maps them to positions in ``categories``.
+
+    ``lookup[row_codes]`` is each value's position in ``categories``, -1 for
+    an unseen or empty value. For a categorical column the lookup covers
+    only its few categories, so no pass over the rows is made here.
+
+    Returns
+    -------
+    row_codes : numpy.ndarray
+        int, shape (n_rows,).
+    lookup : numpy.ndarray
+        int64, indexed by ``row_codes``.
+    """
     known = pd.Index(categories)
     if isinstance(values.dtype, pd.CategoricalDtype):
-        # Look up the few distinct categories, then index by the row codes.
+        # Code -1 (empty) indexes the trailing -1.
         lookup = known.get_indexer(values.cat.categories.astype(str))
-        row_codes = values.cat.codes.to_numpy()
-        return np.where(row_codes >= 0, lookup[row_codes], -1)
-    return known.get_indexer(values.astype(str))
+        return values.cat.codes.to_numpy(), np.append(lookup, -1).astype(np.int64)
+    row_codes = known.get_indexer(values.astype(str))
+    # Position -1 (unseen) indexes the trailing -1 as well.
+    return row_codes, np.append(np.arange(len(categories)), -1).astype(np.int64)
