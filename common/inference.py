@@ -256,18 +256,15 @@ class Detector:
         probability : numpy.ndarray
             float32 (n,): softmax probability of that class.
         """
-        predicted = torch.empty(len(x), dtype=torch.int64)
-        probability = torch.empty(len(x), dtype=torch.float32)
+        predicted = np.empty(len(x), dtype=np.int64)
+        probability = np.empty(len(x), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(x), batch_size):
-                stop = min(start + batch_size, len(x))
-                batch = torch.from_numpy(np.ascontiguousarray(x[start:stop]))
-                torch.max(
-                    torch.softmax(self.model(batch), dim=1),
-                    dim=1,
-                    out=(probability[start:stop], predicted[start:stop]),
-                )
-        return predicted.numpy(), probability.numpy()
+                batch = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
+                top = torch.softmax(self.model(batch), dim=1).max(dim=1)
+                probability[start : start + batch_size] = top.values.numpy()
+                predicted[start : start + batch_size] = top.indices.numpy()
+        return predicted, probability
 
 
 def load_detector(run_dir: str | Path) -> Detector:
