@@ -14,6 +14,9 @@ a fresh Python process that reports its own wall time and peak RSS
   in batches of 65,536 rows and in detect's batch size; the faster one counts;
 - parse: the chunked reader alone, for the breakdown.
 
+Every step runs with the glibc malloc thresholds that `metals detect` sets
+(metals.detect.reuse_freed_memory).
+
 Usage:
     METALS_DATA_DIR=../shared/data python bench/bench_detect.py [--write-page]
 """
@@ -112,6 +115,10 @@ def child_parse(model: str, data: str, chunk_size: int) -> dict:
 
 
 def run_child(args: argparse.Namespace) -> None:
+    # metals detect sets these malloc thresholds itself; the other steps get the same.
+    from metals.detect import reuse_freed_memory
+
+    reuse_freed_memory()
     if args.child == "detect":
         result = child_detect(args.model, args.data, args.out, args.chunk_size)
     elif args.child == "floor":
