@@ -73,18 +73,108 @@ def load_entry(
     return arrays, meta
 
 
+class EntryWriter:
+    """A cache entry under construction in a temporary folder beside its final folder.
+
+    Arrays are written into the folder, then :meth:`commit` renames it to
+    the entry in one step, so a crash leaves either the whole entry or none
+    of it. If another process wrote the same entry first, its entry is kept.
+
+    Parameters
+    ----------
+    entry : Path
+        Final folder of the entry; its parent is created if needed.
+
+    Raises
+    ------
+    OSError
+        If the temporary folder cannot be created.
+    """
+
+    def __init__(self, entry: Path) -> None:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        self.entry = entry
+        self.folder = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+        self._arrays: dict[str, np.ndarray | None] = {}
+
+    def new_array(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """Return a writable array that is the file ``NAME.npy`` of the entry.
+
+        What is written into the array before :meth:`commit` is what the
+        entry stores, with no copy. An empty shape gives an in-memory array,
+        saved at commit, because an empty file cannot be memory-mapped.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be created or the disk has no room for it.
+        """
+        if int(np.prod(shape)) == 0:
+            array = np.empty(shape, dtype=dtype)
+            self._arrays[name] = array
+            return array
+        path = self.folder / f"{name}.npy"
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        # Reserve the disk blocks now: a full disk raises OSError here,
+        # where a write through the mapping would kill the process (SIGBUS).
+        with path.open("r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, path.stat().st_size)
+        self._arrays[name] = None
+        return array
+
+    def save(self, name: str, array: np.ndarray) -> None:
+        """Write ``array`` as ``NAME.npy``; object arrays are not allowed."""
+        np.save(self.folder / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        self._arrays[name] = None
+
+    def commit(
+        self, meta: Mapping[str, object], extra_writer: Callable[[Path], None] | None = None
+    ) -> None:
+        """Write the metadata and rename the folder to the entry.
+
+        Parameters
+        ----------
+        meta : Mapping[str, object]
+            JSON-serialisable metadata, saved as ``meta.json`` with the array names.
+        extra_writer : Callable[[Path], None] | None
+            Called with the temporary folder to write more files.
+        """
+        for name, array in self._arrays.items():
+            if array is not None:
+                self.save(name, array)
+        if extra_writer is not None:
+            extra_writer(self.folder)
+        full_meta = dict(meta)
+        full_meta["arrays"] = sorted(self._arrays)
+        (self.folder / META_FILE).write_text(json.dumps(full_meta, indent=1), encoding="utf-8")
+        if self.entry.exists() and not (self.entry / META_FILE).is_file():
+            logger.warning("removing damaged cache entry %s", self.entry)
+            shutil.rmtree(self.entry)
+        try:
+            os.rename(self.folder, self.entry)
+        except OSError:
+            if not (self.entry / META_FILE).is_file():
+                raise
+            logger.info("cache entry %s was written by another process; keeping it", self.entry)
+        logger.info("cached prepared arrays in %s", self.entry)
+
+    def discard(self) -> None:
+        """Remove the temporary folder if it was not committed.
+
+        Arrays from :meth:`new_array` stay valid, because a memory-mapped
+        file lives until its last mapping is closed.
+        """
+        if self.folder.exists():
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def write_entry(
     entry: Path,
     arrays: Mapping[str, np.ndarray],
     meta: Mapping[str, object],
     extra_writer: Callable[[Path], None] | None = None,
 ) -> None:
-    """Write a cache entry atomically.
-
-    Every file goes into a temporary folder beside ``entry``, which is then
-    renamed to ``entry`` in one step, so a crash leaves either the whole
-    entry or none of it. If another process wrote the same entry first, its
-    entry is kept.
+    """Write a cache entry atomically, see :class:`EntryWriter`.
 
     Parameters
     ----------
@@ -97,26 +187,10 @@ def write_entry(
     extra_writer : Callable[[Path], None] | None
         Called with the temporary folder to write more files.
     """
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    writer = EntryWriter(entry)
     try:
         for name, array in arrays.items():
-            np.save(temporary / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
-        if extra_writer is not None:
-            extra_writer(temporary)
-        full_meta = dict(meta)
-        full_meta["arrays"] = sorted(arrays)
-        (temporary / META_FILE).write_text(json.dumps(full_meta, indent=1), encoding="utf-8")
-        if entry.exists() and not (entry / META_FILE).is_file():
-            logger.warning("removing damaged cache entry %s", entry)
-            shutil.rmtree(entry)
-        try:
-            os.rename(temporary, entry)
-        except OSError:
-            if not (entry / META_FILE).is_file():
-                raise
-            logger.info("cache entry %s was written by another process; keeping it", entry)
+            writer.save(name, array)
+        writer.commit(meta, extra_writer)
     finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
-    logger.info("cached prepared arrays in %s", entry)
+        writer.discard()

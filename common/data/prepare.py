@@ -171,21 +171,37 @@ def prepare_dataset(
 
     started = time.perf_counter()
     raw = spec.load(directory, labels)
-    prepared = _prepare_raw(raw, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
-    logger.info("prepared %s in %.1f s", name, time.perf_counter() - started)
-
+    entry_arrays = _EntryArrays(entry)
     try:
-        _write_cache(prepared, entry)
-    except OSError as error:
-        logger.warning("could not write the cache entry %s: %s", entry, error)
+        prepared = _prepare_raw(
+            raw,
+            seed=seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            allocate=entry_arrays.allocate,
+        )
+        logger.info("prepared %s in %.1f s", name, time.perf_counter() - started)
+        committed = entry_arrays.commit(prepared)
+    finally:
+        entry_arrays.discard()
+    if not committed:
         return prepared
     return PreparedData(**{**prepared.__dict__, "cache_path": entry})
 
 
 def _prepare_raw(
-    raw: RawTable, *, seed: int, val_fraction: float, test_fraction: float
+    raw: RawTable,
+    *,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    allocate: Callable[[str, tuple[int, int]], np.ndarray] | None = None,
 ) -> PreparedData:
-    """Deduplicate, split, fit and transform a loaded table."""
+    """Deduplicate, split, fit and transform a loaded table.
+
+    ``allocate(name, shape)``, if given, returns the float32 array that
+    receives ``x_train``, ``x_val`` or ``x_test``.
+    """
     preprocessor = Preprocessor(raw.numeric, raw.categorical, raw.label_map, raw.class_names)
     features = raw.numeric + raw.categorical
     has_groups = GROUP in raw.train.columns
@@ -222,9 +238,21 @@ def _prepare_raw(
         )
 
     preprocessor.fit(train_frame, train_rows)
-    x_train, y_train, _ = preprocessor.transform_counted(train_frame, train_rows)
-    x_val, y_val, clipped_val = preprocessor.transform_counted(train_frame, val_rows)
-    x_test, y_test, clipped_test = preprocessor.transform_counted(test_frame, test_rows)
+    n_features = len(preprocessor.feature_names)
+
+    def output(name: str, n_rows: int) -> np.ndarray | None:
+        return None if allocate is None else allocate(name, (n_rows, n_features))
+
+    n_test = len(test_frame) if test_rows is None else len(test_rows)
+    x_train, y_train, _ = preprocessor.transform_counted(
+        train_frame, train_rows, output("x_train", len(train_rows))
+    )
+    x_val, y_val, clipped_val = preprocessor.transform_counted(
+        train_frame, val_rows, output("x_val", len(val_rows))
+    )
+    x_test, y_test, clipped_test = preprocessor.transform_counted(
+        test_frame, test_rows, output("x_test", n_test)
+    )
     for split, count, rows in (
         ("validation", clipped_val, len(y_val)),
         ("test", clipped_test, len(y_test)),
@@ -265,18 +293,69 @@ def _prepare_raw(
 _ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 
-def _write_cache(prepared: PreparedData, entry: Path) -> None:
-    """Store the arrays, names, report and preprocessor in a cache entry."""
-    arrays = {key: getattr(prepared, key) for key in _ARRAYS}
-    if prepared.groups_train is not None:
-        arrays["groups_train"] = prepared.groups_train
-    meta = {
-        "name": prepared.name,
-        "feature_names": prepared.feature_names,
-        "class_names": prepared.class_names,
-        "report": prepared.report,
-    }
-    cache.write_entry(entry, arrays, meta, extra_writer=prepared.preprocessor.save)
+class _EntryArrays:
+    """The x arrays of a new cache entry, written in place into its files.
+
+    The transform writes each x array straight into its memory-mapped
+    ``.npy`` file, so the entry needs no second copy of the largest arrays.
+    When the entry cannot be written (a read-only folder, a full disk),
+    the arrays are allocated in memory and the data is not cached.
+    """
+
+    def __init__(self, entry: Path) -> None:
+        self.entry = entry
+        self.writer: cache.EntryWriter | None = None
+        try:
+            self.writer = cache.EntryWriter(entry)
+        except OSError as error:
+            self._give_up(error)
+
+    def allocate(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+        """Return a float32 array of ``shape``, in the entry's file ``NAME.npy`` if possible."""
+        if self.writer is not None:
+            try:
+                return self.writer.new_array(name, shape, np.float32)
+            except OSError as error:
+                self._give_up(error)
+        return np.empty(shape, dtype=np.float32)
+
+    def commit(self, prepared: PreparedData) -> bool:
+        """Store the other arrays, names, report and preprocessor, and return True on success.
+
+        The x arrays of a committed entry are made read-only, as they are
+        on a later load from the cache, because a write would change the entry.
+        """
+        if self.writer is None:
+            return False
+        meta = {
+            "name": prepared.name,
+            "feature_names": prepared.feature_names,
+            "class_names": prepared.class_names,
+            "report": prepared.report,
+        }
+        try:
+            for key in ("y_train", "y_val", "y_test"):
+                self.writer.save(key, getattr(prepared, key))
+            if prepared.groups_train is not None:
+                self.writer.save("groups_train", prepared.groups_train)
+            self.writer.commit(meta, extra_writer=prepared.preprocessor.save)
+        except OSError as error:
+            self._give_up(error)
+            return False
+        for key in ("x_train", "x_val", "x_test"):
+            getattr(prepared, key).flags.writeable = False
+        return True
+
+    def discard(self) -> None:
+        """Remove the temporary files of an entry that was not committed."""
+        if self.writer is not None:
+            self.writer.discard()
+
+    def _give_up(self, error: OSError) -> None:
+        """Log why the entry is not written and drop its temporary files."""
+        logger.warning("could not write the cache entry %s: %s", self.entry, error)
+        self.discard()
+        self.writer = None
 
 
 def _from_cache(

@@ -121,7 +121,7 @@ class Preprocessor:
         return x, y
 
     def transform_counted(
-        self, frame: pd.DataFrame, rows: np.ndarray | None = None
+        self, frame: pd.DataFrame, rows: np.ndarray | None = None, out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """Encode, scale and clip ``frame`` and count the clipped values.
 
@@ -132,11 +132,16 @@ class Preprocessor:
         rows : numpy.ndarray | None, default=None
             Positions of the rows to transform, int64 shape (n_rows,), in
             the order of the output. ``None`` transforms every row.
+        out : numpy.ndarray | None, default=None
+            C-contiguous float32 array of shape (n_rows, n_features) that
+            receives ``x``, such as a memory-mapped cache file. ``None``
+            allocates one.
 
         Returns
         -------
         x : numpy.ndarray
-            float32, shape (n_rows, n_features), values in [0, 1].
+            float32, shape (n_rows, n_features), values in [0, 1];
+            ``out`` when given.
         y : numpy.ndarray
             int64, shape (n_rows,).
         n_clipped : int
@@ -148,7 +153,7 @@ class Preprocessor:
             If the preprocessor is not fitted, a column is missing or a label
             has no class.
         """
-        x, n_clipped = self._scale(frame, rows)
+        x, n_clipped = self._scale(frame, rows, out)
         labels = frame[LABEL] if rows is None else frame[LABEL].iloc[rows]
         return x, self.encode_labels(labels), n_clipped
 
@@ -170,8 +175,10 @@ class Preprocessor:
             logger.info("clipped %s value(s) outside the training range to [0, 1]", n_clipped)
         return x
 
-    def _scale(self, frame: pd.DataFrame, rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-        """Return the clipped float32 matrix of ``rows`` and the number of clipped values."""
+    def _scale(
+        self, frame: pd.DataFrame, rows: np.ndarray | None = None, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, int]:
+        """Return the clipped float32 matrix of ``rows`` (``out`` if given) and the clip count."""
         if self.min_ is None or self.scale_ is None:
             raise DataError("the preprocessor is not fitted; call fit() on training rows first")
         self._check_columns(frame)
@@ -181,7 +188,19 @@ class Preprocessor:
         offsets = [n_numeric + sum(widths[:position]) for position in range(len(widths))]
         n_features = n_numeric + sum(widths)
         n_rows = len(frame) if rows is None else len(rows)
-        matrix = np.empty((n_rows, n_features), dtype=np.float32)
+        if out is None:
+            matrix = np.empty((n_rows, n_features), dtype=np.float32)
+        elif (
+            out.shape != (n_rows, n_features)
+            or out.dtype != np.float32
+            or not out.flags.c_contiguous
+        ):
+            raise ValueError(
+                f"out must be a C-contiguous float32 array of shape {(n_rows, n_features)}, "
+                f"got {out.dtype} {out.shape}"
+            )
+        else:
+            matrix = out
         values = _numeric_values(frame, self.numeric)
         lookups = [
             _category_lookup(frame[column], self.categories_[column]) for column in self.categorical
