@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from metals.common.data.blocks import empty_array
 from metals.common.data.errors import DataError
 from metals.common.data.table import (
     LABEL,
@@ -307,7 +308,7 @@ def _check_labels(column: pa.ChunkedArray, path: Path) -> np.ndarray:
 
 def _keep_rows(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Return the rows of a Fortran-ordered (n_rows, n_columns) matrix where ``keep`` is True."""
-    kept = np.empty((int(np.count_nonzero(keep)), values.shape[1]), order="F")
+    kept = empty_array((int(np.count_nonzero(keep)), values.shape[1]), order="F")
     for position in range(values.shape[1]):
         np.compress(keep, values[:, position], out=kept[:, position])
     return kept
@@ -365,8 +366,8 @@ def read_edge_iiotset_file(path: Path, report: LoadReport) -> pd.DataFrame:
     # frame's single float64 block without a copy. The shift checks and
     # Attack_label go into a second matrix beside it. One thread copies
     # them, because with a thread per core the copies took more CPU time.
-    numbers = np.empty((rows, len(NUMERIC)), order="F")
-    checks = np.empty((rows, len(SHIFT_CHECK) + 1), order="F")
+    numbers = empty_array((rows, len(NUMERIC)), order="F")
+    checks = empty_array((rows, len(SHIFT_CHECK) + 1), order="F")
     names = [*SHIFT_CHECK, *NUMERIC, ATTACK_LABEL]
     targets = [*checks[:, : len(SHIFT_CHECK)].T, *numbers.T, checks[:, -1]]
     columns = [table.column(name) for name in names]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metals.common.data.blocks import map_blocks
+from metals.common.data.blocks import empty_array, map_blocks
 from metals.common.data.errors import DataError
 from metals.common.data.table import LABEL
 
@@ -189,7 +189,7 @@ class Preprocessor:
         n_features = n_numeric + sum(widths)
         n_rows = len(frame) if rows is None else len(rows)
         if out is None:
-            matrix = np.empty((n_rows, n_features), dtype=np.float32)
+            matrix = empty_array((n_rows, n_features), dtype=np.float32)
         elif (
             out.shape != (n_rows, n_features)
             or out.dtype != np.float32
