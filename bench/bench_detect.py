@@ -83,8 +83,9 @@ def child_floor(model: str, data: str, chunk_size: int) -> dict:
     x = torch.from_numpy(np.concatenate(parts))
     del parts
 
-    # Detect's batch size is faster on one thread; 65,536 was faster on two threads
-    # of a loaded machine. The faster one counts, so detect is never measured
+    # Detect's batch size was faster on one thread, and on two threads when the
+    # machine was lightly loaded; 65,536 was faster on two threads at a load
+    # average above 8. The faster one counts, so detect is never measured
     # against a slower forward pass than its own.
     timings = []
     for batch in (FLOOR_BATCH, PREDICT_BATCH):
