@@ -75,6 +75,25 @@ def test_line_numbers_across_chunks(tmp_path: Path):
     assert speeds.tolist() == [float(n) for n in range(1, 101) if n != 41]
 
 
+def test_chunks_across_many_reads(tmp_path: Path):
+    # Prepare: about 2.6 MiB, so chunks span several reads of the reused buffer.
+    rows = [f"{index},s{index % 3}" for index in range(1, 300_001)]
+    rows[123_456] = "123457"  # line 123457: a field short
+    path = tmp_path / "large.csv"
+    path.write_text("\n".join(rows))  # no line break after the last line
+
+    # Execute
+    chunks, lines, bad = read_all(path, chunk_size=70_000)
+
+    # Assert
+    speeds = np.concatenate([chunk.frame["speed"].to_numpy() for chunk in chunks])
+    expected = [n for n in range(1, 300_001) if n != 123_457]
+    assert len(chunks) == 5
+    assert bad == [(123_457, "wrong number of fields (expected 2)")]
+    assert lines == expected
+    assert speeds.tolist() == [float(n) for n in expected]
+
+
 def test_blank_lines_and_crlf(tmp_path: Path):
     # Prepare
     path = tmp_path / "crlf.csv"
