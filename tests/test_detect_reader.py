@@ -76,7 +76,7 @@ def test_line_numbers_across_chunks(tmp_path: Path):
 
 
 def test_chunks_across_many_reads(tmp_path: Path):
-    # Prepare: about 2.6 MiB, so chunks span several reads of the reused buffer.
+    # Prepare: about 2.8 MiB, so chunks span several reads of the reused buffer.
     rows = [f"{index},s{index % 3}" for index in range(1, 300_001)]
     rows[123_456] = "123457"  # line 123457: a field short
     path = tmp_path / "large.csv"
