@@ -181,7 +181,7 @@ def _check_header_and_tail(path: Path) -> None:
 # 2 MiB blocks, 6.3 s with 16 MiB and 10.2 s with 64 MiB.
 _BLOCK_BYTES = 1 << 21
 # The parse allocates from the C library's malloc, not pyarrow's default
-# pool (mimalloc in pyarrow 26): with mimalloc the same parse spent 0.8 to
+# pool (mimalloc in pyarrow 26). With mimalloc the same parse spent 0.8 to
 # 2 s of system (kernel) time, with malloc about 0.5 s.
 
 # pyarrow's message when a value does not convert to the requested column type.
@@ -372,7 +372,8 @@ def read_edge_iiotset_file(path: Path, report: LoadReport) -> pd.DataFrame:
     # Columns are copied into a Fortran-ordered matrix, which becomes the
     # frame's single float64 block without a copy. The shift checks and
     # Attack_label go into a second matrix beside it. One thread copies
-    # them, because with a thread per core the copies took more CPU time.
+    # them: most of the time goes to the kernel mapping fresh pages, and a
+    # thread per core saved little wall time there.
     numbers = empty_array((rows, len(NUMERIC)), order="F")
     checks = empty_array((rows, len(SHIFT_CHECK) + 1), order="F")
     names = [*SHIFT_CHECK, *NUMERIC, ATTACK_LABEL]
