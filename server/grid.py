@@ -84,8 +84,27 @@ class PollingGrid(Grid):
         Iterable[Message]
             The replies that arrived, in arrival order.
         """
-        waiting = set(self.push_messages(messages))
+        message_ids = list(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
+        return self.receive(message_ids, deadline=deadline)
+
+    def receive(self, message_ids: Iterable[str], *, deadline: float | None) -> list[Message]:
+        """Pull the replies to pushed messages until all arrive or ``deadline`` passes.
+
+        Parameters
+        ----------
+        message_ids : Iterable[str]
+            Ids that :meth:`push_messages` returned.
+        deadline : float | None
+            ``time.monotonic()`` value after which to stop waiting; None waits
+            for every reply.
+
+        Returns
+        -------
+        list[Message]
+            The replies that arrived, in arrival order.
+        """
+        waiting = set(message_ids)
         replies: list[Message] = []
         while waiting:
             for reply in self.pull_messages(waiting):
