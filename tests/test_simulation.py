@@ -122,14 +122,35 @@ def test_run_directory_contents(finished_run):
 
 KILLED_RUN = textwrap.dedent(
     """
-    import json, os, signal, sys
+    import json, os, signal, sys, time
+    from pathlib import Path
+
+    import numpy as np
+
     from metals.simulation import run_experiment
 
+    config = json.loads(sys.argv[1])
+    state = Path(config["run-dir"]) / "client-state"
+
+    def trained_round_three(path):
+        try:
+            with np.load(path) as content:
+                return int(content["trained_round"]) == 3
+        except (OSError, ValueError, KeyError):
+            return False
+
     def kill_after_round_two(progress):
+        # The server sends round 3 before it reports round 2: wait until every
+        # client has trained it, so the killed server never records a round
+        # its clients finished.
         if progress.round == 2:
+            deadline = time.monotonic() + 120
+            paths = [state / f"partition-{i}.npz" for i in range(config["num-clients"])]
+            while time.monotonic() < deadline and not all(map(trained_round_three, paths)):
+                time.sleep(0.05)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    run_experiment(json.loads(sys.argv[1]), progress=kill_after_round_two)
+    run_experiment(config, progress=kill_after_round_two)
     """
 )
 
@@ -145,7 +166,7 @@ def _client_pools(run_dir, num_clients):
 
 
 def test_killed_run_resumes_from_last_round(finished_run, data_dir, tmp_path):
-    # Prepare: a server process killed right after round 2 of 3.
+    # Prepare: a server process killed after round 2 of 3, once its clients trained round 3.
     uninterrupted = read_metrics(finished_run[0])
     run_dir = tmp_path / "run"
     config = _config(data_dir, run_dir)
@@ -178,13 +199,14 @@ def test_killed_run_resumes_from_last_round(finished_run, data_dir, tmp_path):
     assert after.iloc[:2].equals(before)
     assert read_summary(run_dir)["rounds_completed"] == 3
 
-    # Assert: every client continues from the labels it bought in rounds 1-2.
+    # Assert: every client had trained round 3, which the killed server never
+    # recorded, and continues from the labels it bought in rounds 1-2.
     for partition_id in range(3):
         old, new = pools_before[partition_id], pools_after[partition_id]
-        assert int(old["trained_round"]) == 2
+        kept = old["label_rounds"] <= 2
+        assert int(old["trained_round"]) == 3
         assert int(new["trained_round"]) == 3
-        assert int(new["labels_queried_total"]) > int(old["labels_queried_total"]) > 0
-        assert np.array_equal(new["labeled"][: len(old["labeled"])], old["labeled"])
+        assert np.array_equal(new["labeled"][: int(kept.sum())], old["labeled"][kept])
     assert after["labels_queried_total"].tolist() == uninterrupted["labels_queried_total"].tolist()
 
     # Assert: the resumed run ends with the uninterrupted run's metrics, bit for bit.
