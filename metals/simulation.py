@@ -271,15 +271,24 @@ def run_experiment(
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
     # Ray starts in this thread while another imports torch, Flower's
-    # simulation and both apps, so the two overlap on 2 cores.
+    # simulation and both apps, so the two overlap on 2 cores. A first SIGINT
+    # only sets ``stop``: interrupting ray.init midway once crashed the
+    # process (SIGSEGV) instead of ending the run.
+    stop = threading.Event()
     importer = threading.Thread(target=_import_runtime, name="metals-import", daemon=True)
     importer.start()
     try:
-        start_ray(verbose=verbose)
+        with stop_on_sigint(stop):
+            start_ray(verbose=verbose)
+            importer.join()
     except KeyboardInterrupt as error:
-        stop_ray()
+        stop.set()
         raise RunInterrupted(run_dir) from error
-    importer.join()
+    finally:
+        if stop.is_set():
+            stop_ray()
+    if stop.is_set():
+        raise RunInterrupted(run_dir)
 
     import torch
     from flwr.simulation import run_simulation
@@ -300,7 +309,6 @@ def run_experiment(
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
         flwr_logger.addFilter(notice_filter)
-    stop = threading.Event()
     server_app = interruptible_server_app(build_server_app(config, progress), stop, run_dir)
     try:
         with stop_on_sigint(stop):
