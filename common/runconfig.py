@@ -11,6 +11,7 @@ therefore needs nothing but its node config (``partition-id`` and
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -253,6 +254,20 @@ def _check_combinations(config: RunConfig) -> None:
         )
 
 
+@functools.cache
+def _warn_budget_ignored(budget: float) -> None:
+    """Warn once per process that classical mode ignores ``budget``.
+
+    A command validates its config several times (CLI, Hydra job, run,
+    ServerApp), which printed the same warning four times.
+    """
+    logger.warning(
+        "label-budget %g is ignored in classical mode, where every label is known; "
+        "use mode metals to cap the labels",
+        budget,
+    )
+
+
 def _check_label_budget(config: RunConfig) -> None:
     """Check ``label-budget`` against the initial labeled share and the mode.
 
@@ -263,11 +278,7 @@ def _check_label_budget(config: RunConfig) -> None:
     if budget >= 1:
         return
     if config["mode"] == "classical":
-        logger.warning(
-            "label-budget %g is ignored in classical mode, where every label is known; "
-            "use mode metals to cap the labels",
-            budget,
-        )
+        _warn_budget_ignored(budget)
         return
     initial = float(config["initial-labeled-fraction"])
     if budget < initial or budget == 0:

@@ -263,7 +263,9 @@ def run_command(argv: list[str]) -> int:
             target=importlib.import_module, args=("metals.plots",), daemon=True
         ).start()
 
-        printer = ProgressPrinter(label_budget=float(run_config["label-budget"]))
+        # Classical mode knows every label, so a budget there caps nothing.
+        budget = float(run_config["label-budget"]) if run_config["mode"] == "metals" else 1.0
+        printer = ProgressPrinter(label_budget=budget)
         return run_experiment(run_config, progress=printer, verbose=verbose)
 
     return run_with_hydra(argv, "run", execute, check_run_dirs=True)

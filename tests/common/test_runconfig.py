@@ -4,6 +4,7 @@ import logging
 
 import pytest
 
+from metals.common import runconfig
 from metals.common.data import edge_iiotset, nsl_kdd, ton_iot
 from metals.common.runconfig import (
     LABEL_GROUPINGS,
@@ -90,11 +91,15 @@ def test_label_budget_at_initial_share_accepted():
     assert config["label-budget"] == 0.2
 
 
-def test_label_budget_in_classical_mode_warns(caplog):
-    # Execute
+def test_label_budget_in_classical_mode_warns_once(caplog):
+    # Prepare: forget warnings that earlier tests caused.
+    runconfig._warn_budget_ignored.cache_clear()
+
+    # Execute: validate twice, as the CLI and the ServerApp both do.
     with caplog.at_level(logging.WARNING, logger="metals.common.runconfig"):
         config = validate_run_config({"mode": "classical", "label-budget": 0.1})
+        validate_run_config({"mode": "classical", "label-budget": 0.1})
 
     # Assert
     assert config["label-budget"] == 0.1
-    assert "label-budget 0.1 is ignored in classical mode" in caplog.text
+    assert caplog.text.count("label-budget 0.1 is ignored in classical mode") == 1
