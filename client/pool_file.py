@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 
 from metals.client.pools import Pools
 from metals.common.data import ClientPartition
+from metals.common.files import temporary_beside
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def save_pool_file(path: Path, pools: Pools, identity: Mapping[str, Any]) -> Non
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        handle, temporary = temporary_beside(path)
     except OSError as error:
         raise OSError(
             f"cannot write the client state file in {path.parent} ({error}); set the node "

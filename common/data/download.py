@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from metals.common.data.errors import DataError
 from metals.common.data.paths import resolve_data_dir
+from metals.common.files import temporary_beside
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def download_dataset(
 def _fetch(url: str, target: Path, sha256: str) -> None:
     """Download ``url`` to ``target`` through a verified temporary file."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    handle, temporary_name = temporary_beside(target)
     temporary = Path(temporary_name)
     digest = hashlib.sha256()
     logger.info("downloading %s to %s", url, target)
