@@ -266,6 +266,11 @@ def run_command(argv: list[str]) -> int:
         # Classical mode knows every label, so a budget there caps nothing.
         budget = float(run_config["label-budget"]) if run_config["mode"] == "metals" else 1.0
         printer = ProgressPrinter(label_budget=budget)
+        sys.stdout.write(
+            f"starting Ray and {run_config['num-clients']} simulated clients; round 1 "
+            "includes their start-up\n"
+        )
+        sys.stdout.flush()
         return run_experiment(run_config, progress=printer, verbose=verbose)
 
     return run_with_hydra(argv, "run", execute, check_run_dirs=True)
@@ -484,6 +489,8 @@ def _route_console_logs(verbose: bool) -> None:
     """
     if verbose:
         return
+    # Flower's state database reports its schema set-up at INFO on every run.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(
             handler, logging.FileHandler
