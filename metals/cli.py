@@ -351,15 +351,16 @@ def _given_run_dir(job: Sequence[str], number: int, multirun: bool) -> Path | No
 
 
 def _check_resumable(run_dir: Path, run_config: RunConfig) -> None:
-    """Raise ConfigError when ``run_dir`` contains a run that ``run_config`` cannot continue."""
+    """Raise ConfigError when ``run_dir`` is in use, or has a run ``run_config`` cannot continue."""
     from metals.config import ConfigError
-    from metals.server.checkpoint import check_run_dir
+    from metals.server.checkpoint import RunDirInUseError, check_run_dir, check_run_dir_free
 
     try:
+        check_run_dir_free(run_dir)
         check_run_dir(run_dir, {**run_config, "run-dir": str(run_dir)})
     except ConfigError:
         raise
-    except ValueError as error:
+    except (ValueError, RunDirInUseError) as error:
         raise ConfigError(str(error)) from None
 
 

@@ -6,7 +6,8 @@ import json
 import logging
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,9 @@ from flwr.app import Array, ArrayRecord
 from metals.server.results import atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+#: File in a run directory that the running server holds locked.
+LOCK_FILE = ".lock"
 
 
 def resolve_run_dir(config: Mapping[str, Any]) -> Path:
@@ -126,6 +130,67 @@ def check_resumable(checkpoint: Checkpoint, config: Mapping[str, Any], run_dir: 
             f"cannot resume the run in {run_dir}: settings differ from its checkpoint ({details}); "
             "restore them, or start a new run with another run-dir"
         )
+
+
+class RunDirInUseError(RuntimeError):
+    """Another process is running an experiment in the same run directory."""
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` for one server, or raise at once.
+
+    Two servers in one folder would both write its checkpoint, metrics and
+    client pool files. The lock is ``fcntl.flock`` on ``run_dir/.lock``,
+    which the operating system releases when the process ends, however it
+    ends. Where ``fcntl`` is missing (Windows), nothing is locked.
+
+    Raises
+    ------
+    RunDirInUseError
+        When another process holds the lock; the message names its pid.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise RunDirInUseError(
+                f"{run_dir} is in use by another metals run (process {owner}); wait for it to "
+                "end, or choose another run directory (hydra.run.dir)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_run_dir_free(run_dir: Path) -> None:
+    """Raise :class:`RunDirInUseError` when a server holds the lock of ``run_dir`` now.
+
+    A check before a command writes anything into the folder. It creates
+    nothing; the server takes the lock itself with :func:`run_dir_lock`.
+    """
+    path = run_dir / LOCK_FILE
+    if not path.is_file():
+        return
+    try:
+        with run_dir_lock(run_dir):
+            pass
+    except OSError as error:
+        logger.info("cannot open %s to check it (%s); the server checks again", path, error)
 
 
 def check_run_dir(run_dir: Path, config: Mapping[str, Any]) -> Checkpoint | None:

@@ -23,6 +23,7 @@ from metals.server.checkpoint import (
     check_run_dir,
     resolve_run_dir,
     restore_generator,
+    run_dir_lock,
     save_checkpoint,
 )
 from metals.server.grid import PollingGrid
@@ -127,9 +128,21 @@ def run_federation(
         When a round gets too few valid replies or too few nodes connect.
     ValueError
         When ``run-dir`` contains another run that cannot be resumed.
+    RunDirInUseError
+        When another process runs in the same run directory.
     """
     run_dir = resolve_run_dir(config)
-    config = {**config, "run-dir": str(run_dir)}
+    with run_dir_lock(run_dir):
+        return _run_rounds(grid, {**config, "run-dir": str(run_dir)}, progress, run_dir)
+
+
+def _run_rounds(
+    grid: Grid,
+    config: RunConfig,
+    progress: Callable[[RoundProgress], None] | None,
+    run_dir: Path,
+) -> Path:
+    """Run the rounds of :func:`run_federation` while it holds the run directory's lock."""
     prepared = prepare_dataset(
         str(config["dataset"]),
         str(config["data-dir"]) or None,
