@@ -32,13 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from metals.common.al import query_count, select_queries
 from metals.common.data import PreparedData, oversample_smote, partition_indices, prepare_dataset
 from metals.common.data.partition import split_client_pools
 from metals.common.metrics import classification_report
 from metals.common.model import MLP, build_model
 from metals.common.runconfig import RunConfig, parse_hidden_layers, validate_run_config
-from metals.common.training import accuracy, embed, predict_proba, train_local
+from metals.common.training import accuracy, pick_queries, predict_proba, train_local
 
 logger = logging.getLogger(__name__)
 
@@ -107,29 +106,7 @@ def round_seed(config: RunConfig, partition_id: int, server_round: int) -> int:
 
 def query(model: MLP, client: FloorClient, config: RunConfig, seed: int) -> int:
     """Run one AL query on ``client``, move the picked records to its labeled pool, return k."""
-    count = query_count(
-        len(client.unlabeled),
-        fraction=float(config["query-fraction"]),
-        size=int(config["query-size"]),
-    )
-    if count == 0:
-        return 0
-    strategy = str(config["al-strategy"])
-    x_pool = client.x[client.unlabeled]
-    probs = None if strategy == "random" else predict_proba(model, x_pool)
-    embeddings = labeled_embeddings = None
-    if strategy == "kcenter":
-        embeddings = embed(model, x_pool)
-        labeled_embeddings = embed(model, client.x[client.labeled])
-    picked = select_queries(
-        strategy,
-        probs,
-        client.unlabeled,
-        count,
-        seed=seed,
-        embeddings=embeddings,
-        labeled_embeddings=labeled_embeddings,
-    ).indices
+    picked = pick_queries(model, client.x, client.labeled, client.unlabeled, config, seed=seed)
     # The simulated oracle reveals the hidden labels of the picked records.
     client.labeled = np.concatenate([client.labeled, picked])
     client.unlabeled = np.setdiff1d(client.unlabeled, picked, assume_unique=True)

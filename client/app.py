@@ -23,13 +23,12 @@ from metals.client.pool_file import (
 )
 from metals.client.pools import Pools, load_pools, save_pools
 from metals.client.preprocessor_cache import received_preprocessor_json
-from metals.common.al import budget_remaining, query_count, select_queries
 from metals.common.data import ClientPartition, oversample_smote
 from metals.common.model import MLP, build_model
 from metals.common.node_identity import IDENTITY_RECORD_KEY
 from metals.common.oracle import Oracle, SimulatedOracle
 from metals.common.runconfig import SETTINGS, RunConfig, parse_hidden_layers, validate_run_config
-from metals.common.training import accuracy, embed, predict_proba, train_local
+from metals.common.training import accuracy, pick_queries, train_local
 
 logger = logging.getLogger(__name__)
 
@@ -158,35 +157,11 @@ def query_labels(
     int
         Labels bought in this query.
     """
-    count = query_count(
-        len(pools.unlabeled),
-        fraction=float(config["query-fraction"]),
-        size=int(config["query-size"]),
-    )
-    count = min(
-        count, budget_remaining(len(pools.labeled), pools.size, float(config["label-budget"]))
-    )
-    if count == 0:
+    picked = pick_queries(model, partition.x, pools.labeled, pools.unlabeled, config, seed=seed)
+    if len(picked) == 0:
         return 0
-
-    strategy = str(config["al-strategy"])
-    x_pool = partition.x[pools.unlabeled]
-    probs = None if strategy == "random" else predict_proba(model, x_pool)
-    embeddings = labeled_embeddings = None
-    if strategy == "kcenter":
-        embeddings = embed(model, x_pool)
-        labeled_embeddings = embed(model, partition.x[pools.labeled])
-    query = select_queries(
-        strategy,
-        probs,
-        pools.unlabeled,
-        count,
-        seed=seed,
-        embeddings=embeddings,
-        labeled_embeddings=labeled_embeddings,
-    )
-    pools.add_labels(query.indices, oracle.label(query.indices), server_round=server_round)
-    return len(query.indices)
+    pools.add_labels(picked, oracle.label(picked), server_round=server_round)
+    return len(picked)
 
 
 @app.train()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from metals.common.al import budget_remaining, query_count, select_queries
 from metals.common.optim import Adam
 
 logger = logging.getLogger(__name__)
@@ -159,3 +162,66 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     if len(y) == 0:
         return float("nan")
     return float((predict_proba(model, x).argmax(axis=1) == y).mean())
+
+
+def pick_queries(
+    model: nn.Module,
+    x: np.ndarray,
+    labeled: np.ndarray,
+    unlabeled: np.ndarray,
+    config: Mapping[str, Any],
+    *,
+    seed: int,
+) -> np.ndarray:
+    """Return the records of ``unlabeled`` that one active-learning query picks with ``model``.
+
+    The query size comes from ``query-fraction`` and ``query-size``, capped
+    so that the labeled share of the pools stays within ``label-budget``.
+    The strategy is ``al-strategy``; ``kcenter`` also embeds the labeled pool.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model that scores the pool.
+    x : np.ndarray
+        Features of the client's records, float32 of shape (n, num_features).
+    labeled, unlabeled : np.ndarray
+        int64 indices into ``x`` of the labeled and unlabeled pools.
+    config : Mapping[str, Any]
+        Validated run config.
+    seed : int
+        Seed of the query's tie-breaking and random picks.
+
+    Returns
+    -------
+    np.ndarray
+        int64 indices into ``x``, in the order picked; empty when the query
+        size or the budget allows none.
+    """
+    count = query_count(
+        len(unlabeled),
+        fraction=float(config["query-fraction"]),
+        size=int(config["query-size"]),
+    )
+    pool_size = len(labeled) + len(unlabeled)
+    count = min(count, budget_remaining(len(labeled), pool_size, float(config["label-budget"])))
+    if count == 0:
+        return np.empty(0, dtype=np.int64)
+
+    strategy = str(config["al-strategy"])
+    x_pool = x[unlabeled]
+    probs = None if strategy == "random" else predict_proba(model, x_pool)
+    embeddings = labeled_embeddings = None
+    if strategy == "kcenter":
+        embeddings = embed(model, x_pool)
+        labeled_embeddings = embed(model, x[labeled])
+    query = select_queries(
+        strategy,
+        probs,
+        unlabeled,
+        count,
+        seed=seed,
+        embeddings=embeddings,
+        labeled_embeddings=labeled_embeddings,
+    )
+    return query.indices

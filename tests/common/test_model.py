@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from metals.common.model import MLP, build_model, load_numpy_state, state_to_numpy
-from metals.common.training import accuracy, embed, predict_proba, train_local
+from metals.common.runconfig import validate_run_config
+from metals.common.training import accuracy, embed, pick_queries, predict_proba, train_local
 
 
 def _blobs(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -137,3 +138,19 @@ def test_load_numpy_state_round_trip():
     load_numpy_state(target, state_to_numpy(source))
 
     assert np.array_equal(state_to_numpy(target)["head.bias"], state_to_numpy(source)["head.bias"])
+
+
+def test_pick_queries_stops_at_label_budget():
+    # Prepare: 20 records, 4 labeled; a 30% budget allows 6 labels in all.
+    model = build_model(4, 2, (8,), seed=0)
+    x = np.random.default_rng(0).random((20, 4), dtype=np.float32)
+    config = validate_run_config(
+        {"al-strategy": "margin", "query-fraction": 0.5, "label-budget": 0.3}
+    )
+
+    # Execute
+    picked = pick_queries(model, x, np.arange(4), np.arange(4, 20), config, seed=1)
+
+    # Assert
+    assert len(picked) == 2
+    assert set(picked.tolist()) <= set(range(4, 20))
