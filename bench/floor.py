@@ -32,7 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from metals.common.data import PreparedData, oversample_smote, partition_indices, prepare_dataset
+from metals.common.data import (
+    PreparedData,
+    oversample_smote,
+    partition_indices,
+    prepare_from_config,
+)
 from metals.common.data.partition import split_client_pools
 from metals.common.metrics import classification_report
 from metals.common.model import MLP, build_model
@@ -116,14 +121,7 @@ def query(model: MLP, client: FloorClient, config: RunConfig, seed: int) -> int:
 
 def setup(config: RunConfig) -> FloorState:
     """Prepare the dataset, the partition of every client and the initial model."""
-    prepared = prepare_dataset(
-        str(config["dataset"]),
-        str(config["data-dir"]) or None,
-        labels=str(config["labels"]),
-        seed=int(config["seed"]),
-        val_fraction=float(config["val-fraction"]),
-        test_fraction=float(config["test-fraction"]),
-    )
+    prepared = prepare_from_config(config)
     parts = partition_indices(
         prepared.y_train,
         int(config["num-clients"]),

@@ -20,7 +20,7 @@ from metals.common.data import (
     PreparedData,
     Preprocessor,
     make_client_partition,
-    prepare_dataset,
+    prepare_from_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -156,15 +156,7 @@ def _cached_prepared(settings: tuple[tuple[str, Any], ...]) -> PreparedData:
     prepared arrays (memory-mapped from the disk cache) are kept here
     rather than re-read, re-hashed and re-wrapped for every partition.
     """
-    config = dict(settings)
-    return prepare_dataset(
-        str(config["dataset"]),
-        str(config["data-dir"]) or None,
-        labels=str(config["labels"]),
-        seed=int(config["seed"]),
-        val_fraction=float(config["val-fraction"]),
-        test_fraction=float(config["test-fraction"]),
-    )
+    return prepare_from_config(dict(settings))
 
 
 @functools.lru_cache(maxsize=4)

@@ -65,7 +65,7 @@ def train_centralized(
     metals.common.data.DataError
         When the dataset files are missing or malformed.
     """
-    from metals.common.data import oversample_smote, prepare_dataset
+    from metals.common.data import oversample_smote, prepare_from_config
     from metals.common.metrics import classification_report
     from metals.common.model import build_model
     from metals.common.runconfig import parse_hidden_layers, validate_run_config
@@ -85,14 +85,7 @@ def train_centralized(
     write_config(run_dir, config)
 
     seed = int(config["seed"])
-    prepared = prepare_dataset(
-        str(config["dataset"]),
-        str(config["data-dir"]) or None,
-        labels=str(config["labels"]),
-        seed=seed,
-        val_fraction=float(config["val-fraction"]),
-        test_fraction=float(config["test-fraction"]),
-    )
+    prepared = prepare_from_config(config, seed=seed)
     x_train, y_train = prepared.x_train, prepared.y_train
     if config["smote"]:
         x_train, y_train = oversample_smote(

@@ -13,7 +13,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from metals.common.data import PreparedData, prepare_dataset
+from metals.common.data import PreparedData, prepare_from_config
 from metals.common.metrics import classification_report
 from metals.common.model import MLP, build_model
 from metals.common.runconfig import RunConfig, parse_hidden_layers
@@ -143,14 +143,7 @@ def _run_rounds(
     run_dir: Path,
 ) -> Path:
     """Run the rounds of :func:`run_federation` while it holds the run directory's lock."""
-    prepared = prepare_dataset(
-        str(config["dataset"]),
-        str(config["data-dir"]) or None,
-        labels=str(config["labels"]),
-        seed=int(config["seed"]),
-        val_fraction=float(config["val-fraction"]),
-        test_fraction=float(config["test-fraction"]),
-    )
+    prepared = prepare_from_config(config)
     model = build_model(
         prepared.x_train.shape[1],
         len(prepared.class_names),

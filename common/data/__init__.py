@@ -3,7 +3,12 @@
 from metals.common.data.errors import DataError
 from metals.common.data.partition import ClientPartition, make_client_partition, partition_indices
 from metals.common.data.paths import resolve_data_dir
-from metals.common.data.prepare import PreparedData, dataset_names, prepare_dataset
+from metals.common.data.prepare import (
+    PreparedData,
+    dataset_names,
+    prepare_dataset,
+    prepare_from_config,
+)
 from metals.common.data.preprocess import Preprocessor
 from metals.common.data.smote import oversample_smote
 
@@ -17,5 +22,6 @@ __all__ = [
     "oversample_smote",
     "partition_indices",
     "prepare_dataset",
+    "prepare_from_config",
     "resolve_data_dir",
 ]

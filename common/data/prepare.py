@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -187,6 +188,26 @@ def prepare_dataset(
     if not committed:
         return prepared
     return PreparedData(**{**prepared.__dict__, "cache_path": entry})
+
+
+def prepare_from_config(config: Mapping[str, Any], *, seed: int | None = None) -> PreparedData:
+    """Prepare the dataset a run config names, with its labels, seed and split fractions.
+
+    Parameters
+    ----------
+    config : Mapping[str, Any]
+        Validated run config (kebab-case keys).
+    seed : int | None, default=None
+        Seed of the split in place of the config's ``seed``.
+    """
+    return prepare_dataset(
+        str(config["dataset"]),
+        str(config["data-dir"]) or None,
+        labels=str(config["labels"]),
+        seed=int(config["seed"]) if seed is None else seed,
+        val_fraction=float(config["val-fraction"]),
+        test_fraction=float(config["test-fraction"]),
+    )
 
 
 def _prepare_raw(

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from metals.common.data.partition import partition_indices, split_client_pools
-from metals.common.data.prepare import PreparedData, prepare_dataset
+from metals.common.data.prepare import PreparedData, prepare_from_config
 from metals.common.runconfig import SETTINGS, validate_run_config
 
 logger = logging.getLogger(__name__)
@@ -43,14 +43,7 @@ def describe_federation(run_config: Mapping[str, Any]) -> str:
         On a missing or bad dataset file or an impossible partition.
     """
     config = validate_run_config({k: v for k, v in run_config.items() if k in SETTINGS})
-    prepared = prepare_dataset(
-        str(config["dataset"]),
-        str(config["data-dir"]) or None,
-        labels=str(config["labels"]),
-        seed=int(config["seed"]),
-        val_fraction=float(config["val-fraction"]),
-        test_fraction=float(config["test-fraction"]),
-    )
+    prepared = prepare_from_config(config)
     lines = describe_dataset(prepared, labels=str(config["labels"]))
     lines.append("")
     lines.extend(_describe_clients(prepared, config))
