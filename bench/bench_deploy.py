@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchpage import cpu_model, write_section
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_MARK = "<!-- bench:deploy -->"
 END_MARK = "<!-- /bench:deploy -->"
@@ -147,7 +149,7 @@ def render(results: dict, command: str) -> str:
         "across rounds and reuses "
         "the partition cached in it, which is why it is faster per round here.",
         "",
-        f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"Machine: {os.cpu_count()} cores, {cpu_model()}, "
         f"Python {platform.python_version()}, niceness {results.get('niceness', 0)}; "
         f"1-minute load average at the end: {results['load_average']:.1f} (other jobs "
         "share the cores, so times are upper bounds and the per-node slope is rough).",
@@ -156,17 +158,6 @@ def render(results: dict, command: str) -> str:
         END_MARK,
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_page(page: Path, section: str) -> None:
-    text = page.read_text(encoding="utf-8") if page.exists() else "# Benchmarks\n"
-    if START_MARK in text and END_MARK in text:
-        before = text[: text.index(START_MARK)]
-        after = text[text.index(END_MARK) + len(END_MARK) :].lstrip("\n")
-        text = before + section + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    page.write_text(text, encoding="utf-8")
 
 
 def main() -> int:
@@ -196,7 +187,7 @@ def main() -> int:
         section = render(json.loads(args.from_results.read_text()), command)
         print(section)
         if args.page is not None:
-            write_page(args.page, section)
+            write_section(args.page, "deploy", section)
         return 0
 
     data_dir = os.environ.get("METALS_DATA_DIR") or str(REPO_ROOT.parent / "shared" / "data")
@@ -219,7 +210,7 @@ def main() -> int:
     section = render(results, command)
     print(section)
     if args.page is not None:
-        write_page(args.page, section)
+        write_section(args.page, "deploy", section)
     return 0
 
 

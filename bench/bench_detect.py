@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchpage import cpu_model, write_section
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAGE = REPO_ROOT / "docs" / "benchmarks.md"
 START_MARK = "<!-- bench:detect -->"
@@ -215,18 +217,11 @@ def median_run(runs: list[dict]) -> dict:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """Return the CPU model, cores, system, Python and torch versions."""
     import torch
 
     return (
-        f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads)"
     )
@@ -297,19 +292,6 @@ def summary_lines(rows: list[dict]) -> list[str]:
         "torch one thread fewer than its default; the floor uses torch's default threads",
     ]
     return bullets
-
-
-def write_page(section: str) -> None:
-    """Replace this benchmark's section of docs/benchmarks.md, or append it."""
-    PAGE.parent.mkdir(parents=True, exist_ok=True)
-    text = PAGE.read_text(encoding="utf-8") if PAGE.is_file() else "# Benchmarks\n"
-    if START_MARK in text and END_MARK in text:
-        before = text[: text.index(START_MARK)]
-        after = text[text.index(END_MARK) + len(END_MARK) :]
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    PAGE.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
@@ -395,7 +377,7 @@ def main() -> None:
         args.repeats,
     )
     if args.write_page:
-        write_page(section)
+        write_section(PAGE, "detect", section)
         print(f"wrote {PAGE}")
     else:
         print(section)

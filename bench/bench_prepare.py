@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchpage import cpu_model, write_section
 
 # Rows per class of DNN-EdgeIIoT-dataset.csv. Normal, MITM and Fingerprinting
 # are the file's counts; the other classes are estimates that sum to its
@@ -168,34 +169,6 @@ def run_step(step: str, data_dir: Path, cache_dir: Path) -> dict[str, float]:
     ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
-
-
-def cpu_model() -> str:
-    """Return the CPU model name from /proc/cpuinfo."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def write_page(page: Path, text: str) -> None:
-    """Replace (or append) the prepare section of the benchmark page."""
-    start, end = "<!-- bench:prepare -->", "<!-- /bench:prepare -->"
-    section = f"{start}\n{text.rstrip()}\n{end}\n"
-    if page.is_file():
-        current = page.read_text(encoding="utf-8")
-    else:
-        current = (
-            "# Benchmarks\n\nMeasured numbers, each with the script and machine behind it.\n\n"
-        )
-    if start in current and end in current:
-        before = current.split(start, 1)[0]
-        after = current.split(end, 1)[1].lstrip("\n")
-        current = before + section + ("\n" + after if after else "")
-    else:
-        current = current.rstrip("\n") + "\n\n" + section
-    page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(current, encoding="utf-8")
 
 
 def run_rounds(data_dir: Path, cache_dir: Path, repeat: int) -> dict[str, list[dict[str, float]]]:
@@ -350,7 +323,11 @@ def main() -> None:
     text = report(results, csv_path, command)
     print(text)
     if args.page is not None:
-        write_page(args.page, text)
+        write_section(
+            args.page,
+            "prepare",
+            f"<!-- bench:prepare -->\n{text.rstrip()}\n<!-- /bench:prepare -->",
+        )
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchpage import cpu_model, write_section
+
 REPO = Path(__file__).resolve().parents[1]
 FLOOR = REPO / "bench" / "floor.py"
 PAPER = ["+experiment=metals_paper", "dataset=nsl_kdd"]
@@ -370,16 +372,8 @@ def profile_startup(work: Path, overrides: list[str]) -> dict[str, Any]:
 
 
 def machine() -> str:
-    """Return 'N cores, CPU model' from /proc/cpuinfo."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}"
+    """Return 'N cores, CPU model, Python version'."""
+    return f"{os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}"
 
 
 def format_section(
@@ -558,19 +552,6 @@ def _profile_lines(pair: dict[str, Any], profile: dict[str, Any] | None) -> list
     return lines
 
 
-def write_section(page: Path, section: str) -> None:
-    """Replace the ``bench:speed`` section of ``page``, or append it (creating the page)."""
-    text = page.read_text(encoding="utf-8") if page.is_file() else "# Benchmarks\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        before = text.split(MARK_BEGIN)[0]
-        after = text.split(MARK_END, 1)[1]
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks and write the page section."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -624,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load = f"{min(loads):.1f} to {max(loads):.1f} (1-minute)"
     section = format_section(pair, scaling, profile, command.strip(), load)
-    write_section(Path(args.page), section)
+    write_section(Path(args.page), "speed", section)
     print(section)
     return 0
 
