@@ -88,15 +88,12 @@ class PendingRound:
 
     Attributes
     ----------
-    server_round : int
-        The round number.
     message_ids : list[str]
         Ids of the pushed train messages.
     deadline : float
         ``time.monotonic()`` value after which missing replies count as lost.
     """
 
-    server_round: int
     message_ids: list[str]
     deadline: float
 
@@ -194,7 +191,7 @@ def _run_rounds(
         node_registry.refresh(grid, timeout)
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid)
         message_ids = list(grid.push_messages(delivery.attach(messages)))
-        return PendingRound(server_round, message_ids, time.monotonic() + timeout)
+        return PendingRound(message_ids, time.monotonic() + timeout)
 
     pending: PendingRound | None = None
     for server_round in range(start_round + 1, num_rounds + 1):
