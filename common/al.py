@@ -99,7 +99,7 @@ def budget_remaining(labeled: int, pool_size: int, budget: float) -> int:
     """Return how many more labels a client may buy under a label budget.
 
     The budget is the maximum labeled share of the client's pool (labeled
-    and unlabeled records together), so a client holds at most
+    and unlabeled records together), so a client has at most
     ``floor(budget * pool_size)`` labels. A client that starts above that,
     because its initial labels already exceed the budget, may buy none.
 

@@ -20,9 +20,9 @@ def classification_report(
     only, as ``sklearn.metrics.f1_score(average="macro")`` does.
 
     The scores come from one confusion matrix counted with NumPy, which
-    takes microseconds on the NSL-KDD test set; the server calls this after
-    every round, and importing scikit-learn added about a second to each
-    start of ``metals run``.
+    takes microseconds on the NSL-KDD test set. The server calls this after
+    every round, and importing scikit-learn had added about a second to
+    each start of ``metals run``.
 
     Parameters
     ----------

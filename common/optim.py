@@ -5,7 +5,7 @@ The first ``torch.optim`` optimizer a process builds imports
 every ClientApp process of a deployment (one per message) and every device
 paid it once before its first local epoch. The update below is the Adam of
 Kingma and Ba (ICLR 2015), with L2 weight decay added to the gradient as
-``torch.optim.Adam(weight_decay=...)`` does; tests/common/test_optim.py
+``torch.optim.Adam(weight_decay=...)`` does. tests/common/test_optim.py
 checks that both give the same weights step after step.
 """
 

@@ -263,7 +263,7 @@ def run_command(argv: list[str]) -> int:
             target=importlib.import_module, args=("metals.plots",), daemon=True
         ).start()
 
-        # Classical mode knows every label, so a budget there caps nothing.
+        # Every label is known in classical mode, so a budget there caps nothing.
         budget = float(run_config["label-budget"]) if run_config["mode"] == "metals" else 1.0
         printer = ProgressPrinter(label_budget=budget)
         sys.stdout.write(

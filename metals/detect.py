@@ -199,8 +199,8 @@ def reuse_freed_memory() -> None:
     mmap threshold (128 KiB to 32 MiB, adjusted at run time) with fresh mappings
     and unmaps them on free, so each chunk paid a page fault per 4 KiB page. On 1M
     NSL-KDD records (2-core Xeon, glibc 2.36, other jobs running) that was about
-    170,000 faults and 0.4 to 1 s of system time; with these thresholds about
-    30,000. Peak memory still depends on the chunk size only. Elsewhere than
+    170,000 faults and 0.4 to 1 s of system time. With these thresholds it
+    was about 30,000. Peak memory still depends on the chunk size only. Elsewhere than
     Linux with glibc this does nothing.
     """
     if not sys.platform.startswith("linux"):

@@ -185,8 +185,8 @@ def start_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
     Flower starts Ray itself when it is not running, with a job runtime
     environment that sets ``PYTHONPATH``. Ray then starts a new worker
     process for each client actor instead of handing it one of the idle
-    workers it started with the job: about 3 s before the first client
-    could train, against 0.5 s here (2 actors, loaded 2-core machine).
+    workers it started with the job. The first client could then train
+    after about 3 s, against 0.5 s here (2 actors, loaded 2-core machine).
     Ray's workers inherit this process's environment, ``PYTHONPATH``
     included, so an installed metals imports the same in them.
 

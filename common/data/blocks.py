@@ -69,11 +69,12 @@ def empty_array(
     """Return an uninitialised array in an anonymous memory mapping of its own.
 
     numpy requests transparent huge pages (madvise) for large arrays unless
-    NUMPY_MADVISE_HUGEPAGE=0 is set. Where the kernel compacts memory to
-    serve such a request (``/sys/kernel/mm/transparent_hugepage/defrag`` is
-    ``madvise``, a common default), the first write into a fresh 750 MiB
-    array spent 2 to 5 times the system time of ordinary pages on the
-    2-core VM of bench/bench_prepare.py. This mapping requests no huge pages.
+    NUMPY_MADVISE_HUGEPAGE=0 is set. The kernel may compact memory to serve
+    such a request (when ``/sys/kernel/mm/transparent_hugepage/defrag`` is
+    ``madvise``, a common default). Then the first write into a fresh
+    750 MiB array spent 2 to 5 times the system time of ordinary pages on
+    the 2-core VM of bench/bench_prepare.py. This mapping requests no huge
+    pages.
 
     Arrays under ``OWN_MAPPING_MIN_BYTES`` come from ``np.empty``: a fresh
     mapping per call made every 100,000-line chunk of ``metals detect``

@@ -36,7 +36,7 @@ class _Grid:
 
 
 def test_send_and_receive_returns_every_reply_once():
-    # Prepare: three messages answered on the first, second and fourth pull.
+    # Prepare: three messages get their replies on the first, second and fourth pull.
     grid = _Grid([1, 2, 4])
     polling = PollingGrid(grid, poll_seconds=0.001)
 
@@ -48,8 +48,8 @@ def test_send_and_receive_returns_every_reply_once():
     assert grid.pulls == 4
 
 
-def test_send_and_receive_stops_at_the_timeout_with_the_replies_so_far():
-    # Prepare: the second message is never answered.
+def test_timeout_returns_replies_so_far():
+    # Prepare: the second message never gets a reply.
     grid = _Grid([1, None])
     polling = PollingGrid(grid, poll_seconds=0.01)
 

@@ -22,7 +22,7 @@ HOLDER = textwrap.dedent(
 
 
 def test_second_process_is_rejected_until_the_first_ends(tmp_path):
-    # Prepare: another process holds the run directory.
+    # Prepare: another process has locked the run directory.
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(tmp_path)],
         stdin=subprocess.PIPE,
