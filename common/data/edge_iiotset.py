@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +13,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from metals.common.data.blocks import empty_array
+from metals.common.data.blocks import empty_array, map_blocks
 from metals.common.data.errors import DataError
 from metals.common.data.table import (
     LABEL,
     LoadReport,
     RawTable,
-    check_empty_columns,
     check_label_names,
+    empty_columns_error,
 )
 
 logger = logging.getLogger(__name__)
@@ -279,7 +280,7 @@ def _text_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
     spelled = dict(zip(distinct, _spell(distinct), strict=True))
     categories = sorted(set(spelled.values()))
     position = {name: code for code, name in enumerate(categories)}
-    codes = np.full(len(column), -1, dtype=np.int32)
+    codes = np.empty(len(column), dtype=np.int32)
     start = 0
     for chunk, values in zip(chunks, raw, strict=True):
         # Empty values index the trailing -1.
@@ -366,33 +367,35 @@ def read_edge_iiotset_file(path: Path, report: LoadReport) -> pd.DataFrame:
     if rows == 0:
         raise DataError(f"{path}: the file contains no records; download or copy it again")
 
-    label_codes = _check_labels(table.column(ATTACK_TYPE), path)
+    # A worker thread maps the numeric matrix and copies the columns into it
+    # while this thread fills the smaller matrix of shift checks and encodes
+    # the labels and the text columns. Both spend much of their time in the
+    # kernel, numpy or pyarrow with the GIL released, so they overlap.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metals-fill") as pool:
+        filled = pool.submit(_fill_matrix, table, NUMERIC)
+        checks, check_texts = _fill_matrix(table, [*SHIFT_CHECK, ATTACK_LABEL])
+        label_codes = _check_labels(table.column(ATTACK_TYPE), path)
+        categorical = {name: _text_codes(table.column(name)) for name in CATEGORICAL}
+        numbers, numeric_texts = filled.result()
+    del table
 
     # Text in any numeric column means the row is shifted or mixed-type.
-    # Columns are copied into a Fortran-ordered matrix, which becomes the
-    # frame's single float64 block without a copy. The shift checks and
-    # Attack_label go into a second matrix beside it. One thread copies
-    # them: most of the time goes to the kernel mapping fresh pages, and a
-    # thread per core saved little wall time there.
-    numbers = empty_array((rows, len(NUMERIC)), order="F")
-    checks = empty_array((rows, len(SHIFT_CHECK) + 1), order="F")
-    names = [*SHIFT_CHECK, *NUMERIC, ATTACK_LABEL]
-    targets = [*checks[:, : len(SHIFT_CHECK)].T, *numbers.T, checks[:, -1]]
-    columns = [table.column(name) for name in names]
-    texts = [_fill_numeric(column, out) for column, out in zip(columns, targets, strict=True)]
     attack_label = checks[:, -1]
     shifted = np.zeros(rows, dtype=bool)
-    for name, text in zip(names[:-1], texts[:-1], strict=True):
+    texts = [*check_texts[:-1], *numeric_texts]
+    for name, text in zip([*SHIFT_CHECK, *NUMERIC], texts, strict=True):
         if text is not None:
             report.drop(f"shifted row (text in {name})", int(np.count_nonzero(text & ~shifted)))
             shifted |= text
-    categorical = {name: _text_codes(table.column(name)) for name in CATEGORICAL}
-    del table, columns
-    frame = _build_frame(numbers, categorical, label_codes)
-    check_empty_columns(frame, NUMERIC + CATEGORICAL, path)
+
+    finite, has_value = _scan_numbers(numbers)
+    empty = [name for name, present in zip(NUMERIC, has_value, strict=True) if not present]
+    empty += [name for name, (codes, _) in categorical.items() if not np.any(codes >= 0)]
+    if empty:
+        raise empty_columns_error(empty, path)
 
     # Infinite values count as missing, as in the authors' preprocessing.
-    missing = ~np.isfinite(numbers).all(axis=1)
+    missing = ~finite
     for codes, _ in categorical.values():
         missing |= codes < 0
     missing &= ~shifted
@@ -402,11 +405,85 @@ def read_edge_iiotset_file(path: Path, report: LoadReport) -> pd.DataFrame:
     report.drop("Attack_label contradicts Attack_type", int(np.count_nonzero(contradicts)))
 
     keep = ~(shifted | missing | contradicts)
-    if not keep.all():
-        categorical = {name: (codes[keep], names) for name, (codes, names) in categorical.items()}
+    if keep.all():
+        # Every category occurs, because _text_codes takes them from the chunks'
+        # dictionaries. pyarrow 26 builds a chunk's dictionary from the values
+        # in that chunk, both in the CSV reader and in dictionary_encode.
+        frame = _build_frame(numbers, categorical, label_codes)
+    else:
+        # Keep only the categories that occur, so that dropped rows leave none behind.
+        categorical = {
+            name: _drop_unused(codes[keep], names) for name, (codes, names) in categorical.items()
+        }
         frame = _build_frame(_keep_rows(numbers, keep), categorical, label_codes[keep])
     logger.info("read %s: %s rows, %s kept", path, report.rows_read, len(frame))
     return frame
+
+
+def _fill_matrix(table: pa.Table, names: list[str]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Copy the columns ``names`` of ``table`` into a float64 matrix.
+
+    Returns
+    -------
+    matrix : numpy.ndarray
+        float64, shape (n_rows, len(names)), Fortran-ordered, so that the
+        matrix of the ``NUMERIC`` columns becomes the frame's single float64
+        block without a copy.
+    texts : list[numpy.ndarray | None]
+        Text mask of each column, see :func:`_fill_numeric`.
+    """
+    matrix = empty_array((table.num_rows, len(names)), order="F")
+    texts = [
+        _fill_numeric(table.column(name), out) for name, out in zip(names, matrix.T, strict=True)
+    ]
+    return matrix, texts
+
+
+def _scan_numbers(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Find the rows with only finite values and the columns with any value, in row blocks.
+
+    Parameters
+    ----------
+    numbers : numpy.ndarray
+        float64, shape (n_rows, n_columns).
+
+    Returns
+    -------
+    finite : numpy.ndarray
+        bool, shape (n_rows,), True where every value of the row is finite.
+    has_value : numpy.ndarray
+        bool, shape (n_columns,), True where the column contains a value
+        that is not NaN.
+    """
+    finite = np.empty(len(numbers), dtype=bool)
+
+    def scan_block(start: int, stop: int) -> np.ndarray:
+        block = numbers[start:stop]
+        finite[start:stop] = np.isfinite(block).all(axis=1)
+        return ~np.isnan(block).all(axis=0)
+
+    has_value = np.zeros(numbers.shape[1], dtype=bool)
+    for block_has_value in map_blocks(scan_block, len(numbers)):
+        has_value |= block_has_value
+    return finite, has_value
+
+
+def _drop_unused(codes: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Return the codes and the names of only the categories that occur in ``codes``.
+
+    Parameters
+    ----------
+    codes : numpy.ndarray
+        int32, shape (n_rows,), positions in ``names`` (-1 for empty).
+    names : list[str]
+        Category names.
+    """
+    used = np.bincount(codes[codes >= 0], minlength=len(names)) > 0
+    remap = np.full(len(names) + 1, -1, dtype=np.int32)
+    remap[np.flatnonzero(used)] = np.arange(np.count_nonzero(used), dtype=np.int32)
+    kept = [category for category, present in zip(names, used, strict=True) if present]
+    # Code -1 (empty) indexes the trailing -1 of remap.
+    return remap[codes], kept
 
 
 def _build_frame(
@@ -423,19 +500,13 @@ def _build_frame(
         becomes the frame's numeric block without a copy.
     categorical : dict[str, tuple[numpy.ndarray, list[str]]]
         Per categorical column, codes of shape (n_rows,) (-1 for empty) and
-        the category names.
+        the category names, each of which occurs in the codes.
     label_codes : numpy.ndarray
         Position of each row's attack type in ``CLASSES_15``, shape (n_rows,).
     """
     frame = pd.DataFrame(numbers, columns=list(NUMERIC), copy=False)
     for name, (codes, names) in categorical.items():
-        # Keep only the categories that occur, so that dropped rows leave none behind.
-        used = np.bincount(codes[codes >= 0], minlength=len(names)) > 0
-        remap = np.full(len(names) + 1, -1, dtype=np.int32)
-        remap[np.flatnonzero(used)] = np.arange(np.count_nonzero(used), dtype=np.int32)
-        kept = [category for category, present in zip(names, used, strict=True) if present]
-        # Code -1 (empty) indexes the trailing -1 of remap.
-        frame[name] = pd.Categorical.from_codes(remap[codes], categories=kept)
+        frame[name] = pd.Categorical.from_codes(codes, categories=names)
     frame[LABEL] = pd.Categorical.from_codes(label_codes, categories=CLASSES_15)
     return frame
 

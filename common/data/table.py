@@ -206,7 +206,12 @@ def check_empty_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> 
     """
     empty = [column for column in columns if frame[column].isna().all()]
     if empty:
-        raise DataError(
-            f"{path}: column(s) {empty} contain no value in any row; the file is "
-            "damaged or not in the expected layout"
-        )
+        raise empty_columns_error(empty, path)
+
+
+def empty_columns_error(columns: list[str], path: Path) -> DataError:
+    """Return the error for feature columns of ``path`` that hold no value in any row."""
+    return DataError(
+        f"{path}: column(s) {columns} contain no value in any row; the file is "
+        "damaged or not in the expected layout"
+    )
