@@ -25,8 +25,7 @@ def drop_duplicates(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFra
     """
     # Hash each row first and compare exactly only the rows whose hash repeats,
     # because pandas' exact check factorizes every column of every row.
-    hashes = pd.Series(row_hashes(frame, columns), copy=False)
-    candidates = hashes.duplicated(keep=False).to_numpy()
+    candidates = _repeated(row_hashes(frame, columns))
     duplicated = np.zeros(len(frame), dtype=bool)
     if candidates.any():
         subset = frame.loc[candidates, columns]
@@ -37,38 +36,58 @@ def drop_duplicates(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFra
     return frame.reset_index(drop=True), removed
 
 
+def _repeated(hashes: np.ndarray) -> np.ndarray:
+    """Return a bool mask, shape (n_rows,), of the hashes that occur more than once."""
+    ordered = np.sort(hashes)
+    repeats = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    candidates = np.zeros(len(hashes), dtype=bool)
+    if len(repeats) == 0:
+        return candidates
+
+    def mark_block(start: int, stop: int) -> None:
+        block = hashes[start:stop]
+        position = np.minimum(np.searchsorted(repeats, block), len(repeats) - 1)
+        candidates[start:stop] = repeats[position] == block
+
+    map_blocks(mark_block, len(hashes))
+    return candidates
+
+
 def row_hashes(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     """Return a 64-bit hash per row of ``columns``, uint64 shape (n_rows,).
 
     Equal rows get equal hashes, with 0.0 and -0.0 alike and every NaN
     alike. Unequal rows may collide, so a repeated hash only marks candidates.
     Each column's 64-bit key is multiplied by its own odd constant, mixed
-    with a xor-shift and summed modulo 2**64. float64 columns are hashed in
-    row blocks from one (n_rows, n_columns) array, which is a view, not a
-    copy, when they form one block of the frame.
+    with a xor-shift and summed modulo 2**64. Rows are hashed in blocks on
+    every core. float64 columns are read from one (n_rows, n_columns) array,
+    which is a view, not a copy, when they form one block of the frame.
     """
-    hashes = np.zeros(len(frame), dtype=np.uint64)
+    hashes = np.empty(len(frame), dtype=np.uint64)
     floats = [column for column in columns if frame[column].dtype == np.float64]
     others = [column for column in columns if column not in floats]
     multipliers = _odd_constants(len(columns))
 
     values = frame[floats].to_numpy() if floats else np.zeros((len(frame), 0))
+    # Categorical columns are keyed by their codes, other columns by pandas' hash.
+    other_keys = []
+    for column in others:
+        series = frame[column]
+        if isinstance(series.dtype, pd.CategoricalDtype):
+            other_keys.append(series.cat.codes.to_numpy())
+        else:
+            other_keys.append(pd.util.hash_array(series.to_numpy()))
 
     def hash_block(start: int, stop: int) -> None:
         # Adding 0.0 turns -0.0 into 0.0, and every NaN payload becomes one value.
         block = values[start:stop] + 0.0
         block[np.isnan(block)] = np.nan
-        hashes[start:stop] = _mix(block.view(np.uint64), multipliers[: len(floats)]).sum(axis=1)
+        block_hashes = _mix(block.view(np.uint64), multipliers[: len(floats)]).sum(axis=1)
+        for position, keys in enumerate(other_keys, start=len(floats)):
+            block_hashes += _mix(keys[start:stop].astype(np.uint64), multipliers[position])
+        hashes[start:stop] = block_hashes
 
     map_blocks(hash_block, len(frame))
-
-    for position, column in enumerate(others, start=len(floats)):
-        series = frame[column]
-        if isinstance(series.dtype, pd.CategoricalDtype):
-            keys = series.cat.codes.to_numpy().astype(np.uint64)
-        else:
-            keys = pd.util.hash_array(series.to_numpy())
-        hashes += _mix(keys, multipliers[position])
     return hashes
 
 
@@ -119,7 +138,8 @@ def stratified_split(y: np.ndarray, fractions: list[float], *, seed: int) -> lis
             "below 1 so that training rows remain"
         )
     rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    # Part number of each row. Rows left at 0 are training rows.
+    row_part = np.zeros(len(y), dtype=np.min_scalar_type(len(fractions)))
     for label in np.unique(y):
         rows = np.flatnonzero(y == label)
         rows = rows[rng.permutation(len(rows))]
@@ -128,7 +148,7 @@ def stratified_split(y: np.ndarray, fractions: list[float], *, seed: int) -> lis
             # Keep at least one row of the class for training.
             size = min(int(round(fraction * len(rows))), len(rows) - start - 1)
             size = max(size, 0)
-            parts[part].append(rows[start : start + size])
+            row_part[rows[start : start + size]] = part
             start += size
-        parts[0].append(rows[start:])
-    return [np.sort(np.concatenate(chunks)).astype(np.int64) for chunks in parts]
+    # flatnonzero lists each part's rows in ascending order.
+    return [np.flatnonzero(row_part == part).astype(np.int64) for part in range(len(fractions) + 1)]
