@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import queue
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -24,6 +28,14 @@ if TYPE_CHECKING:
     from metals.server.results import RoundProgress
 
 logger = logging.getLogger(__name__)
+
+# Maximum wait of one blocking get on the simulation runtime's message queues.
+# Flower's loops wait 1 s there before they look at the stop event again.
+RUNTIME_QUEUE_WAIT_SECONDS = 0.02
+# Without a push signal, pending messages are looked for this often. Every
+# push of the ServerApp signals, so this only catches messages that come
+# another way.
+FORWARD_FALLBACK_SECONDS = 1.0
 
 
 def backend_config(num_cpus: int | None = None, *, verbose: bool = False) -> dict[str, Any]:
@@ -95,6 +107,9 @@ class InterruptibleGrid(PollingGrid):
         Run directory, named in the exception.
     poll_seconds : float, default=SIMULATION_POLL_SECONDS
         Seconds between two pulls of replies.
+    pushed : threading.Event | None, default=None
+        Set after every push, so that :func:`forward_messages` hands the new
+        messages to the clients at once.
     """
 
     def __init__(
@@ -103,10 +118,12 @@ class InterruptibleGrid(PollingGrid):
         stop: threading.Event,
         run_dir: Path,
         poll_seconds: float = SIMULATION_POLL_SECONDS,
+        pushed: threading.Event | None = None,
     ) -> None:
         super().__init__(grid, poll_seconds)
         self._stop = stop
         self._run_dir = run_dir
+        self._pushed = pushed
 
     def _check_stop(self) -> None:
         if self._stop.is_set():
@@ -120,7 +137,10 @@ class InterruptibleGrid(PollingGrid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Push ``messages``, or raise :class:`RunInterrupted`."""
         self._check_stop()
-        return super().push_messages(messages)
+        message_ids = super().push_messages(messages)
+        if self._pushed is not None:
+            self._pushed.set()
+        return message_ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """Pull the replies to ``message_ids``, or raise :class:`RunInterrupted`."""
@@ -133,16 +153,126 @@ class InterruptibleGrid(PollingGrid):
 
 
 def interruptible_server_app(
-    server_app: ServerApp, stop: threading.Event, run_dir: Path
+    server_app: ServerApp,
+    stop: threading.Event,
+    run_dir: Path,
+    pushed: threading.Event | None = None,
 ) -> ServerApp:
-    """Wrap ``server_app`` so that its grid raises :class:`RunInterrupted` once ``stop`` is set."""
+    """Wrap ``server_app`` so that its grid raises :class:`RunInterrupted` once ``stop`` is set.
+
+    ``pushed``, when given, is set after every push of the ServerApp.
+    """
     wrapper = ServerApp()
 
     @wrapper.main()
     def main(grid: Grid, context: Context) -> None:
-        server_app(InterruptibleGrid(grid, stop, run_dir), context)
+        server_app(InterruptibleGrid(grid, stop, run_dir, pushed=pushed), context)
 
     return wrapper
+
+
+class PromptQueue(queue.Queue):  # type: ignore[type-arg]
+    """A queue whose blocking ``get`` gives up after at most ``RUNTIME_QUEUE_WAIT_SECONDS``.
+
+    The worker threads of Flower's simulation runtime wait on their queues
+    for 1 s before they look at the runtime's stop event. Once the ServerApp
+    has finished, the run then stood still for that second before Ray shut
+    down. Their loops treat ``queue.Empty`` as "look again", so a shorter
+    wait changes nothing else.
+    """
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Return the next item; raise ``queue.Empty`` after at most the capped wait."""
+        if block and timeout is not None:
+            timeout = min(timeout, RUNTIME_QUEUE_WAIT_SECONDS)
+        return super().get(block, timeout)
+
+
+def forward_messages(
+    state: Any,
+    message_queue: queue.Queue,  # type: ignore[type-arg]
+    nodes: Iterable[int],
+    f_stop: threading.Event,
+    *,
+    pushed: threading.Event,
+) -> None:
+    """Move undelivered messages from the link state to the runtime's queue as they come.
+
+    Flower's own loop looks for messages every 0.1 s, so a round waited up
+    to 0.1 s (0.05 s on average) before its first client started. This one looks as
+    soon as ``pushed`` is set, again after any pass that found messages
+    (a pass takes one message per node), and every
+    ``FORWARD_FALLBACK_SECONDS`` otherwise. It ends within
+    ``RUNTIME_QUEUE_WAIT_SECONDS`` of ``f_stop``.
+
+    Parameters
+    ----------
+    state : LinkState
+        The simulation's link state; only ``get_message_ins`` is called.
+    message_queue : queue.Queue
+        Queue of the runtime's worker threads.
+    nodes : Iterable[int]
+        Node ids of the simulated clients, read again on every pass.
+    f_stop : threading.Event
+        The runtime's stop event.
+    pushed : threading.Event
+        Set by the grid after a push; cleared here before each pass.
+    """
+    last_pass = float("-inf")
+    while not f_stop.is_set():
+        signalled = pushed.wait(RUNTIME_QUEUE_WAIT_SECONDS)
+        if not signalled and time.monotonic() - last_pass < FORWARD_FALLBACK_SECONDS:
+            continue
+        pushed.clear()
+        last_pass = time.monotonic()
+        moved = 0
+        for node_id in list(nodes):
+            for message in state.get_message_ins(node_id=node_id, limit=1):
+                message_queue.put(message)
+                moved += 1
+        if moved:
+            # A node may have more than one message waiting.
+            pushed.set()
+
+
+# Parameters of the loop in Flower's simulation runtime that forward_messages
+# replaces. With any other signature, metals leaves the runtime unchanged.
+_FORWARD_PARAMETERS = ["state", "queue", "nodes_mapping", "f_stop"]
+
+
+@contextmanager
+def prompt_runtime(pushed: threading.Event) -> Iterator[bool]:
+    """Let Flower's simulation runtime pick up messages on push and stop without a 1 s wait.
+
+    Inside the block, the runtime module uses :func:`forward_messages`
+    (woken by ``pushed``) and :class:`PromptQueue`, and the originals come
+    back after it. When the Flower version lacks these names or has another
+    signature, nothing changes and the block yields False.
+
+    Parameters
+    ----------
+    pushed : threading.Event
+        Event that the ServerApp's grid sets after each push.
+    """
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    original_forward = getattr(vce_api, "add_messages_to_queue", None)
+    original_queue = getattr(vce_api, "Queue", None)
+    if (
+        original_forward is None
+        or original_queue is not queue.Queue
+        or list(inspect.signature(original_forward).parameters) != _FORWARD_PARAMETERS
+    ):
+        logger.debug("Flower's simulation loop has another signature here, so it stays unchanged")
+        yield False
+        return
+    vce_api.add_messages_to_queue = partial(forward_messages, pushed=pushed)
+    vce_api.Queue = PromptQueue
+    try:
+        yield True
+    finally:
+        vce_api.add_messages_to_queue = original_forward
+        vce_api.Queue = original_queue
 
 
 @contextmanager
@@ -206,6 +336,30 @@ def start_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
             # A notice about a future change of GPU visibility; runs here use no GPU.
             warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
         ray.init(**backend_config(num_cpus, verbose=verbose)["init_args"])
+    stop_autoscaler_monitor()
+
+
+def stop_autoscaler_monitor() -> None:
+    """Stop the autoscaler monitor of the Ray instance this process started.
+
+    A Ray instance on one machine never adds or removes nodes, so its
+    autoscaler monitor only costs a Python process. It also did not exit
+    within the 1 s that ``ray.shutdown`` gives it after SIGTERM, so every
+    run ended with that wait. SIGKILL ends it at once, and without the error
+    report that a SIGTERM makes it send to the driver.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    processes = getattr(node, "all_processes", None)
+    if not isinstance(processes, dict):
+        logger.debug("no Ray node of this process found; the autoscaler monitor keeps running")
+        return
+    for info in processes.get(ray_constants.PROCESS_TYPE_MONITOR, []):
+        process = getattr(info, "process", None)
+        if process is not None and process.poll() is None:
+            process.kill()
 
 
 def stop_ray() -> None:
@@ -309,9 +463,10 @@ def run_experiment(
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
         flwr_logger.addFilter(notice_filter)
-    server_app = interruptible_server_app(build_server_app(config, progress), stop, run_dir)
+    pushed = threading.Event()
+    server_app = interruptible_server_app(build_server_app(config, progress), stop, run_dir, pushed)
     try:
-        with stop_on_sigint(stop):
+        with stop_on_sigint(stop), prompt_runtime(pushed):
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,

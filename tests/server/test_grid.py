@@ -79,3 +79,16 @@ def test_interruptible_grid_stops_waiting_when_stop_is_set(tmp_path: Path):
     with pytest.raises(RunInterrupted):
         grid.send_and_receive(["a"], timeout=60)
     assert time.monotonic() - started < 30
+
+
+def test_interruptible_grid_signals_each_push(tmp_path: Path):
+    # Prepare
+    pushed = threading.Event()
+    grid = InterruptibleGrid(_Grid([1]), threading.Event(), tmp_path, pushed=pushed)
+
+    # Execute
+    message_ids = grid.push_messages(["a"])
+
+    # Assert
+    assert list(message_ids) == ["m0"]
+    assert pushed.is_set()

@@ -1,0 +1,175 @@
+"""How metals tunes Flower's simulation runtime: prompt message pick-up, short queue waits, Ray."""
+
+import inspect
+import queue
+import threading
+
+import pytest
+from flwr.server.superlink.fleet.vce import vce_api
+
+import metals.simulation as simulation
+from metals.simulation import (
+    PromptQueue,
+    forward_messages,
+    prompt_runtime,
+    start_ray,
+    stop_autoscaler_monitor,
+    stop_ray,
+)
+
+
+class _State:
+    """Link state stand-in: undelivered messages per node id, handed out ``limit`` at a time."""
+
+    def __init__(self, pending):
+        self.pending = {node_id: list(messages) for node_id, messages in pending.items()}
+        self.lock = threading.Lock()
+
+    def add(self, node_id, message):
+        with self.lock:
+            self.pending.setdefault(node_id, []).append(message)
+
+    def get_message_ins(self, node_id, limit):
+        with self.lock:
+            waiting = self.pending.get(node_id, [])
+            self.pending[node_id] = waiting[limit:]
+        return waiting[:limit]
+
+
+def _take(message_queue, count):
+    return [message_queue.get(timeout=10) for _ in range(count)]
+
+
+def test_forward_messages_wakes_on_push(monkeypatch):
+    # Prepare: node 1 has two messages waiting. Without a push signal, the
+    # loop would look again only after an hour.
+    monkeypatch.setattr(simulation, "FORWARD_FALLBACK_SECONDS", 3600.0)
+    state = _State({1: ["a", "b"], 2: ["c"]})
+    message_queue = queue.Queue()
+    f_stop, pushed = threading.Event(), threading.Event()
+    pushed.set()
+    loop = threading.Thread(
+        target=forward_messages,
+        args=(state, message_queue, {1: 0, 2: 1}, f_stop),
+        kwargs={"pushed": pushed},
+    )
+
+    # Execute
+    loop.start()
+    try:
+        first = _take(message_queue, 3)
+        state.add(2, "d")
+        pushed.set()
+        second = _take(message_queue, 1)
+    finally:
+        f_stop.set()
+        loop.join(timeout=10)
+
+    # Assert: both messages of node 1 went out, the push brought "d", and the loop ended.
+    assert sorted(first) == ["a", "b", "c"]
+    assert second == ["d"]
+    assert not loop.is_alive()
+
+
+def test_prompt_queue_gives_up_early_on_empty_queue():
+    # Prepare
+    message_queue = PromptQueue()
+    outcome = []
+
+    def wait_long():
+        try:
+            message_queue.get(timeout=600)
+        except queue.Empty:
+            outcome.append("empty")
+
+    waiter = threading.Thread(target=wait_long)
+
+    # Execute: a plain queue.Queue would wait 600 s here.
+    waiter.start()
+    waiter.join(timeout=30)
+
+    # Assert
+    assert outcome == ["empty"]
+
+
+def test_prompt_queue_returns_items_in_order():
+    # Prepare
+    message_queue = PromptQueue()
+    message_queue.put("a")
+    message_queue.put("b")
+
+    # Execute and assert
+    assert message_queue.get(timeout=1.0) == "a"
+    assert message_queue.get() == "b"
+    with pytest.raises(queue.Empty):
+        message_queue.get(block=False)
+
+
+def test_prompt_runtime_swaps_and_restores_flower_loop():
+    # Prepare
+    original_forward, original_queue = vce_api.add_messages_to_queue, vce_api.Queue
+    pushed = threading.Event()
+
+    # Execute
+    with prompt_runtime(pushed) as swapped:
+        inside = (vce_api.add_messages_to_queue, vce_api.Queue)
+
+    # Assert
+    assert swapped is True
+    assert inside[0].func is forward_messages
+    assert inside[0].keywords == {"pushed": pushed}
+    assert inside[1] is PromptQueue
+    assert vce_api.add_messages_to_queue is original_forward
+    assert vce_api.Queue is original_queue
+
+
+def test_prompt_runtime_leaves_other_flower_loop_alone(monkeypatch):
+    # Prepare: a Flower version whose loop takes other parameters.
+    def other_loop(state, queue, nodes_mapping, f_stop, interval):
+        raise AssertionError("not called here")
+
+    monkeypatch.setattr(vce_api, "add_messages_to_queue", other_loop)
+
+    # Execute
+    with prompt_runtime(threading.Event()) as swapped:
+        inside = vce_api.add_messages_to_queue
+
+    # Assert
+    assert swapped is False
+    assert inside is other_loop
+
+
+def test_forward_messages_matches_flower_loop_parameters():
+    # Assert: the Flower version installed here is one prompt_runtime swaps.
+    parameters = list(inspect.signature(vce_api.add_messages_to_queue).parameters)
+    assert parameters == simulation._FORWARD_PARAMETERS
+
+
+@pytest.mark.slow
+def test_start_ray_stops_autoscaler_monitor():
+    # Prepare
+    import ray
+    from ray._private import ray_constants
+
+    if ray.is_initialized():
+        pytest.skip("another test left Ray running")
+
+    @ray.remote(num_cpus=1)
+    def square(value):
+        return value * value
+
+    # Execute
+    start_ray(num_cpus=1)
+    try:
+        node = ray._private.worker._global_node
+        monitors = node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, [])
+        result = ray.get(square.remote(7))
+        stop_autoscaler_monitor()  # a second call finds nothing left to stop
+    finally:
+        stop_ray()
+
+    # Assert: Ray started a monitor, it is gone, and tasks still run.
+    assert monitors
+    assert all(info.process.poll() is not None for info in monitors)
+    assert result == 49
+    assert not ray.is_initialized()
