@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -168,6 +169,22 @@ def main(
         return EXIT_USAGE
 
     return command.load()(args[1:])
+
+
+def entry() -> None:
+    """Run :func:`main` as the ``metals`` program and exit with its code.
+
+    After a run, the interpreter spent 0.5 to 0.8 s tearing down torch's and
+    Flower's modules before the process ended. Every file of the run is
+    closed by then, so this flushes the output streams and the log
+    handlers and ends the process at once. An exception from :func:`main`
+    still ends the process the usual way.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 # ---------------------------------------------------------------------------
@@ -525,4 +542,4 @@ def _report_sweep(run_dirs: Sequence[Path], sweep_dir: Path | None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

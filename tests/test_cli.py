@@ -270,3 +270,18 @@ def test_data_download_edge_iiotset_points_to_kaggle(tmp_path, capsys):
     # Assert
     assert code == 1
     assert "Kaggle" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "stream", "text"),
+    [(["--version"], 0, "stdout", "metals "), (["trian"], 2, "stderr", "unknown command")],
+)
+def test_program_exit_keeps_buffered_output(args, code, stream, text):
+    # Execute: a pipe makes stdout block-buffered, so unflushed output would be lost.
+    result = subprocess.run(
+        [sys.executable, "-m", "metals.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+    # Assert
+    assert result.returncode == code
+    assert text in getattr(result, stream)
