@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from metals.client.device_data import (
     DATA_PATH_KEY,
     device_partition,
@@ -20,6 +22,7 @@ from metals.common.data import (
     PreparedData,
     Preprocessor,
     make_client_partition,
+    partition_indices,
     prepare_from_config,
 )
 
@@ -159,6 +162,30 @@ def _cached_prepared(settings: tuple[tuple[str, Any], ...]) -> PreparedData:
     return prepare_from_config(dict(settings))
 
 
+@functools.lru_cache(maxsize=2)
+def _cached_rows(
+    settings: tuple[tuple[str, Any], ...], num_partitions: int
+) -> tuple[np.ndarray, ...]:
+    """Return the training rows of every partition; cached per process.
+
+    One simulated client process serves the partitions of many clients in
+    turn. Spreading the rows over all clients again for each of them took
+    about 0.75 ms per call with 100 NSL-KDD clients. Kept here, the row
+    indices of all clients take 8 bytes per training row.
+    """
+    config = dict(settings)
+    prepared = _cached_prepared(tuple((key, config[key]) for key in _PREPARE_KEYS))
+    parts = partition_indices(
+        prepared.y_train,
+        num_partitions,
+        str(config["partition"]),
+        alpha=float(config["dirichlet-alpha"]),
+        seed=int(config["seed"]),
+        groups=prepared.groups_train,
+    )
+    return tuple(parts)
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_partition(
     settings: tuple[tuple[str, Any], ...], partition_id: int, num_partitions: int
@@ -175,6 +202,7 @@ def _cached_partition(
         seed=int(config["seed"]),
         labeled_fraction=float(config["initial-labeled-fraction"]),
         local_test_fraction=float(config["local-test-fraction"]),
+        rows=_cached_rows(settings, num_partitions)[partition_id],
     )
     logger.info(
         "partition %d/%d of %s: %d records, %d labeled, %d unlabeled, %d local test",

@@ -201,6 +201,7 @@ def make_client_partition(
     seed: int = 42,
     labeled_fraction: float = 0.2,
     local_test_fraction: float = 0.2,
+    rows: np.ndarray | None = None,
 ) -> ClientPartition:
     """Build the rows and pools of one client.
 
@@ -224,6 +225,10 @@ def make_client_partition(
         Share of the client's non-test rows labeled at the start, in [0, 1].
     local_test_fraction : float, default=0.2
         Share of the client's rows kept as local test split, in [0, 1).
+    rows : numpy.ndarray | None, default=None
+        This client's entry of :func:`partition_indices` for the same
+        arguments, for a caller that keeps the partitions of all clients.
+        Computed here when None.
 
     Returns
     -------
@@ -244,15 +249,15 @@ def make_client_partition(
     if not 0 <= local_test_fraction < 1:
         raise DataError(f"invalid local_test_fraction {local_test_fraction!r}: must be in [0, 1)")
 
-    parts = partition_indices(
-        prepared.y_train,
-        num_partitions,
-        method,
-        alpha=alpha,
-        seed=seed,
-        groups=prepared.groups_train,
-    )
-    rows = parts[partition_id]
+    if rows is None:
+        rows = partition_indices(
+            prepared.y_train,
+            num_partitions,
+            method,
+            alpha=alpha,
+            seed=seed,
+            groups=prepared.groups_train,
+        )[partition_id]
     x = np.asarray(prepared.x_train[rows], dtype=np.float32)
     y = np.asarray(prepared.y_train[rows], dtype=np.int64)
 

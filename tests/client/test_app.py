@@ -8,7 +8,7 @@ from metals.client.app import app
 from metals.client.data import load_client_partition
 from metals.client.pool_file import load_pool_file, pool_file_identity
 from metals.client.pools import load_pools
-from metals.common.data import prepare_dataset
+from metals.common.data import make_client_partition, prepare_dataset
 from metals.common.model import build_model
 from metals.common.runconfig import validate_run_config
 
@@ -270,3 +270,26 @@ def test_unreadable_pool_file_rejected(run_config, global_arrays, tmp_path):
 
     with pytest.raises(ValueError, match="partition-1.npz is unreadable"):
         app(_train_message(global_arrays, config, 1), _context())
+
+
+def test_loaded_partitions_match_direct_cut(run_config):
+    # Prepare: the client process keeps the rows of all partitions, and a direct cut computes them.
+    prepared = prepare_dataset("nsl_kdd", run_config["data-dir"])
+
+    for partition_id in range(4):
+        # Execute
+        loaded = _client_partition(run_config, partition_id)
+        direct = make_client_partition(
+            prepared,
+            partition_id,
+            4,
+            seed=int(run_config["seed"]),
+            labeled_fraction=float(run_config["initial-labeled-fraction"]),
+            local_test_fraction=float(run_config["local-test-fraction"]),
+        )
+
+        # Assert
+        np.testing.assert_array_equal(loaded.x, direct.x)
+        np.testing.assert_array_equal(loaded.y, direct.y)
+        np.testing.assert_array_equal(loaded.labeled, direct.labeled)
+        np.testing.assert_array_equal(loaded.test, direct.test)
