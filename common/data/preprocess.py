@@ -211,8 +211,14 @@ class Preprocessor:
         # cache. A code indexes the flat block: row * n_features + offset + code.
         def encode_block(start: int, stop: int) -> tuple[int, list[int]]:
             index = slice(start, stop) if rows is None else rows[start:stop]
-            scaled = (values[index] - low) / span
-            clipped = int(np.count_nonzero((scaled < 0.0) | (scaled > 1.0)))
+            # Indexing by rows returns a copy to scale in place, a slice a view of the frame.
+            if rows is None:
+                scaled = values[index] - low
+            else:
+                scaled = values[index]
+                scaled -= low
+            scaled /= span
+            clipped = int(np.count_nonzero(scaled < 0.0)) + int(np.count_nonzero(scaled > 1.0))
             np.clip(scaled, 0.0, 1.0, out=scaled)
             block = matrix[start:stop]
             block[:, :n_numeric] = scaled
