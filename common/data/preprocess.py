@@ -94,9 +94,11 @@ class Preprocessor:
         # A one-hot column spans [0, 1] unless its category is in every row.
         for column in self.categorical:
             categories = self.categories_[column]
-            row_codes, lookup = _category_lookup(frame[column], categories)
-            codes = lookup[row_codes if rows is None else row_codes[rows]]
-            always = len(categories) == 1 and bool(np.all(codes == 0))
+            always = False
+            if len(categories) == 1:
+                row_codes, lookup = _category_lookup(frame[column], categories)
+                codes = lookup[row_codes if rows is None else row_codes[rows]]
+                always = bool(np.all(codes == 0))
             lows.append(np.full(len(categories), 1.0 if always else 0.0))
             highs.append(np.ones(len(categories)))
         self.min_ = np.concatenate(lows).astype(np.float64)

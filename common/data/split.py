@@ -140,8 +140,7 @@ def stratified_split(y: np.ndarray, fractions: list[float], *, seed: int) -> lis
     rng = np.random.default_rng(seed)
     # Part number of each row. Rows left at 0 are training rows.
     row_part = np.zeros(len(y), dtype=np.min_scalar_type(len(fractions)))
-    for label in np.unique(y):
-        rows = np.flatnonzero(y == label)
+    for rows in _rows_by_label(y):
         rows = rows[rng.permutation(len(rows))]
         start = 0
         for part, fraction in enumerate(fractions, start=1):
@@ -152,3 +151,20 @@ def stratified_split(y: np.ndarray, fractions: list[float], *, seed: int) -> lis
             start += size
     # flatnonzero lists each part's rows in ascending order.
     return [np.flatnonzero(row_part == part).astype(np.int64) for part in range(len(fractions) + 1)]
+
+
+def _rows_by_label(y: np.ndarray) -> list[np.ndarray]:
+    """Return the ascending positions of each label's rows, labels in ascending order.
+
+    One stable sort groups the rows, in place of a comparison of every row
+    per label. Small non-negative integer labels are sorted as uint8, for
+    which numpy 2.4's stable sort is a radix sort.
+    """
+    labels, counts = np.unique(y, return_counts=True)
+    if len(labels) == 0:
+        return []
+    keys = y
+    if labels.dtype.kind in "iu" and labels[0] >= 0 and labels[-1] < 256:
+        keys = y.astype(np.uint8)
+    grouped = np.argsort(keys, kind="stable")
+    return np.split(grouped, np.cumsum(counts)[:-1])
