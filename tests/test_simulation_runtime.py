@@ -10,6 +10,7 @@ from flwr.server.superlink.fleet.vce import vce_api
 import metals.simulation as simulation
 from metals.simulation import (
     PromptQueue,
+    PushedNodes,
     forward_messages,
     prompt_runtime,
     start_ray,
@@ -32,34 +33,38 @@ class _State:
     def get_message_ins(self, node_id, limit):
         with self.lock:
             waiting = self.pending.get(node_id, [])
-            self.pending[node_id] = waiting[limit:]
-        return waiting[:limit]
+            count = len(waiting) if limit is None else limit
+            self.pending[node_id] = waiting[count:]
+        return waiting[:count]
 
 
 def _take(message_queue, count):
     return [message_queue.get(timeout=10) for _ in range(count)]
 
 
-def test_forward_messages_wakes_on_push(monkeypatch):
-    # Prepare: node 1 has two messages waiting. Without a push signal, the
-    # loop would look again only after an hour.
-    monkeypatch.setattr(simulation, "FORWARD_FALLBACK_SECONDS", 3600.0)
-    state = _State({1: ["a", "b"], 2: ["c"]})
-    message_queue = queue.Queue()
-    f_stop, pushed = threading.Event(), threading.Event()
-    pushed.set()
+def _start_forwarding(state, message_queue, pushed, f_stop):
     loop = threading.Thread(
         target=forward_messages,
-        args=(state, message_queue, {1: 0, 2: 1}, f_stop),
+        args=(state, message_queue, {1: 0, 2: 1, 3: 2}, f_stop),
         kwargs={"pushed": pushed},
     )
+    loop.start()
+    return loop
+
+
+def test_forward_messages_takes_pushed_nodes(monkeypatch):
+    # Prepare: without a full pass in the next hour, only pushes wake the loop.
+    monkeypatch.setattr(simulation, "FORWARD_FALLBACK_SECONDS", 3600.0)
+    state = _State({1: ["a", "b"], 2: ["c"], 3: ["not pushed"]})
+    message_queue, pushed, f_stop = queue.Queue(), PushedNodes(), threading.Event()
+    pushed.add([1, 2])
 
     # Execute
-    loop.start()
+    loop = _start_forwarding(state, message_queue, pushed, f_stop)
     try:
         first = _take(message_queue, 3)
         state.add(2, "d")
-        pushed.set()
+        pushed.add([2])
         second = _take(message_queue, 1)
     finally:
         f_stop.set()
@@ -68,6 +73,27 @@ def test_forward_messages_wakes_on_push(monkeypatch):
     # Assert: both messages of node 1 went out, the push brought "d", and the loop ended.
     assert sorted(first) == ["a", "b", "c"]
     assert second == ["d"]
+    assert message_queue.empty()
+    assert state.pending[3] == ["not pushed"]
+    assert not loop.is_alive()
+
+
+def test_forward_messages_full_pass_without_push(monkeypatch):
+    # Prepare: a full pass on every turn of the loop, and no push at all.
+    monkeypatch.setattr(simulation, "FORWARD_FALLBACK_SECONDS", 0.0)
+    state = _State({3: ["e"]})
+    message_queue, f_stop = queue.Queue(), threading.Event()
+
+    # Execute
+    loop = _start_forwarding(state, message_queue, PushedNodes(), f_stop)
+    try:
+        found = _take(message_queue, 1)
+    finally:
+        f_stop.set()
+        loop.join(timeout=10)
+
+    # Assert
+    assert found == ["e"]
     assert not loop.is_alive()
 
 
@@ -108,7 +134,7 @@ def test_prompt_queue_returns_items_in_order():
 def test_prompt_runtime_swaps_and_restores_flower_loop():
     # Prepare
     original_forward, original_queue = vce_api.add_messages_to_queue, vce_api.Queue
-    pushed = threading.Event()
+    pushed = PushedNodes()
 
     # Execute
     with prompt_runtime(pushed) as swapped:
@@ -131,7 +157,7 @@ def test_prompt_runtime_leaves_other_flower_loop_alone(monkeypatch):
     monkeypatch.setattr(vce_api, "add_messages_to_queue", other_loop)
 
     # Execute
-    with prompt_runtime(threading.Event()) as swapped:
+    with prompt_runtime(PushedNodes()) as swapped:
         inside = vce_api.add_messages_to_queue
 
     # Assert

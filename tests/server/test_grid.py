@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from metals.server.grid import PollingGrid
-from metals.simulation import InterruptibleGrid, RunInterrupted
+from metals.simulation import InterruptibleGrid, PushedNodes, RunInterrupted
 
 
 class _Grid:
@@ -81,14 +81,16 @@ def test_interruptible_grid_stops_waiting_when_stop_is_set(tmp_path: Path):
     assert time.monotonic() - started < 30
 
 
-def test_interruptible_grid_signals_each_push(tmp_path: Path):
+def test_interruptible_grid_records_pushed_nodes(tmp_path: Path):
     # Prepare
-    pushed = threading.Event()
-    grid = InterruptibleGrid(_Grid([1]), threading.Event(), tmp_path, pushed=pushed)
+    pushed = PushedNodes()
+    grid = InterruptibleGrid(_Grid([1, 1]), threading.Event(), tmp_path, pushed=pushed)
+    messages = (SimpleNamespace(metadata=SimpleNamespace(dst_node_id=node)) for node in (7, 9))
 
     # Execute
-    message_ids = grid.push_messages(["a"])
+    message_ids = grid.push_messages(messages)
 
     # Assert
-    assert list(message_ids) == ["m0"]
-    assert pushed.is_set()
+    assert list(message_ids) == ["m0", "m1"]
+    assert pushed.take(timeout=0) == {7, 9}
+    assert pushed.take(timeout=0) == set()
