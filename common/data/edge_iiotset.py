@@ -458,13 +458,16 @@ def _scan_numbers(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     finite = np.empty(len(numbers), dtype=bool)
 
     def scan_block(start: int, stop: int) -> np.ndarray:
-        block = numbers[start:stop]
-        finite[start:stop] = np.isfinite(block).all(axis=1)
-        return ~np.isnan(block).all(axis=0)
+        block_finite = np.isfinite(numbers[start:stop])
+        finite[start:stop] = block_finite.all(axis=1)
+        return block_finite.any(axis=0)
 
     has_value = np.zeros(numbers.shape[1], dtype=bool)
-    for block_has_value in map_blocks(scan_block, len(numbers)):
-        has_value |= block_has_value
+    for block_has_finite in map_blocks(scan_block, len(numbers)):
+        has_value |= block_has_finite
+    # A column without a finite value may still contain infinities.
+    for position in np.flatnonzero(~has_value):
+        has_value[position] = not np.isnan(numbers[:, position]).all()
     return finite, has_value
 
 
