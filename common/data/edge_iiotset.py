@@ -368,21 +368,22 @@ def read_edge_iiotset_file(path: Path, report: LoadReport) -> pd.DataFrame:
         raise DataError(f"{path}: the file contains no records; download or copy it again")
 
     # A worker thread maps the numeric matrix and copies the columns into it
-    # while this thread fills the smaller matrix of shift checks and encodes
-    # the labels and the text columns. Both spend much of their time in the
-    # kernel, numpy or pyarrow with the GIL released, so they overlap.
+    # while this thread reads Attack_label, checks the shift columns and
+    # encodes the labels and the text columns. Both spend much of their time
+    # in the kernel, numpy or pyarrow with the GIL released, so they overlap.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metals-fill") as pool:
         filled = pool.submit(_fill_matrix, table, NUMERIC)
-        checks, check_texts = _fill_matrix(table, [*SHIFT_CHECK, ATTACK_LABEL])
+        attack_label = np.empty(rows)
+        _fill_numeric(table.column(ATTACK_LABEL), attack_label)
+        shift_texts = [_text_mask(table.column(name)) for name in SHIFT_CHECK]
         label_codes = _check_labels(table.column(ATTACK_TYPE), path)
         categorical = {name: _text_codes(table.column(name)) for name in CATEGORICAL}
         numbers, numeric_texts = filled.result()
     del table
 
     # Text in any numeric column means the row is shifted or mixed-type.
-    attack_label = checks[:, -1]
     shifted = np.zeros(rows, dtype=bool)
-    texts = [*check_texts[:-1], *numeric_texts]
+    texts = [*shift_texts, *numeric_texts]
     for name, text in zip([*SHIFT_CHECK, *NUMERIC], texts, strict=True):
         if text is not None:
             report.drop(f"shifted row (text in {name})", int(np.count_nonzero(text & ~shifted)))
@@ -437,6 +438,13 @@ def _fill_matrix(table: pa.Table, names: list[str]) -> tuple[np.ndarray, list[np
         _fill_numeric(table.column(name), out) for name, out in zip(names, matrix.T, strict=True)
     ]
     return matrix, texts
+
+
+def _text_mask(column: pa.ChunkedArray) -> np.ndarray | None:
+    """Return the text mask of a column whose values are not kept, see :func:`_fill_numeric`."""
+    if column.type == pa.float64():
+        return None
+    return _fill_numeric(column, np.empty(len(column)))
 
 
 def _scan_numbers(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
