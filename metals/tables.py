@@ -17,22 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metals.server.results import METRICS_COLUMNS
+
 METRICS_FILE = "metrics.csv"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.md"
-
-#: Columns of ``metrics.csv``, one row per round.
-METRICS_COLUMNS = (
-    "round",
-    "accuracy",
-    "macro_f1",
-    "best_client_accuracy",
-    "worst_client_accuracy",
-    "labels_queried_total",
-    "labeled_fraction",
-    "round_seconds",
-)
 
 
 class ResultsError(ValueError):

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 
+#: Columns of ``metrics.csv``, one row per round.
 METRICS_COLUMNS = (
     "round",
     "accuracy",
