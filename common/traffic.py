@@ -191,7 +191,10 @@ def inspect_columns(path: str | Path, layout: TrafficLayout) -> FileColumns:
             f"{path}: line 1 is not UTF-8 text ({error}); save the file as UTF-8 CSV"
         ) from None
     if not text:
-        raise TrafficFileError(f"{path}: the file is empty or starts with a blank line")
+        raise TrafficFileError(
+            f"{path}: the file is empty or starts with a blank line; its first line must be "
+            "the header row or a record"
+        )
     fields = [value.strip() for value in next(csv.reader(io.StringIO(text)))]
 
     # A header row names at least one known column, or contains no number at all.

@@ -145,7 +145,7 @@ def test_quoted_comma_kept(tmp_path: Path):
     ("content", "message"),
     [
         ("", "the file is empty"),
-        ("\n1,a\n", "the file is empty or starts with a blank line"),
+        ("\n1,a\n", "starts with a blank line; its first line must be the header row"),
         ("speed,colour\n1,red\n", r"columns the model never saw: \['colour'\]"),
         ("speed,label\n1,x\n", r"missing columns the model needs: \['state'\]"),
         ("speed,state,speed\n1,a,2\n", r"duplicate columns in the header: \['speed'\]"),
