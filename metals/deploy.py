@@ -913,7 +913,8 @@ options:
   --tls              serve the SuperLink with TLS; SuperNodes verify it with the CA
   --certs DIR        folder with ca.crt, server.pem and server.key
                      (python -m metals.tls DIR); default: fresh ones in deploy/tls
-  --timeout SECONDS  abandon the run (and stop every process) after this long
+  --timeout SECONDS  abandon the run (and stop every process) after this long;
+                     default: no limit beyond each round's round-timeout
   --superlink HOST:PORT
                      submit to a SuperLink that runs elsewhere with its own
                      SuperNodes, instead of starting processes here. The
