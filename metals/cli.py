@@ -288,9 +288,23 @@ def run_command(argv: list[str]) -> int:
             "includes their start-up\n"
         )
         sys.stdout.flush()
-        return run_experiment(run_config, progress=printer, verbose=verbose)
+        return run_experiment(
+            run_config, progress=printer, verbose=verbose, on_finished=write_report
+        )
 
-    return run_with_hydra(argv, "run", execute, check_run_dirs=True)
+    # The table and plots are written while Flower and Ray shut down.
+    written: dict[Path, tuple[str, list[Path]]] = {}
+
+    def write_report(run_dir: Path) -> None:
+        written[run_dir] = _write_report(run_dir)
+
+    def report(run_dir: Path) -> None:
+        if run_dir in written:
+            _print_report(run_dir, *written.pop(run_dir))
+        else:
+            _report_run(run_dir)
+
+    return run_with_hydra(argv, "run", execute, check_run_dirs=True, report=report)
 
 
 #: Hydra flags that only print information; nothing is validated or run for them.
@@ -387,6 +401,7 @@ def run_with_hydra(
     execute: Callable[[RunConfig, bool], Path],
     *,
     check_run_dirs: bool = False,
+    report: Callable[[Path], None] | None = None,
 ) -> int:
     """Run ``execute`` once per Hydra job and report each run.
 
@@ -403,6 +418,9 @@ def run_with_hydra(
     check_run_dirs : bool, default=False
         Before Hydra starts, check each given run directory that already
         contains a run against that run's checkpoint (see :func:`check_all_jobs`).
+    report : Callable[[Path], None] | None, default=None
+        Writes and prints the results of one run directory. None writes the
+        table and plots and prints the table.
 
     Returns
     -------
@@ -453,7 +471,7 @@ def run_with_hydra(
         _route_console_logs(verbose)
         try:
             run_dir = execute(run_config, verbose)
-            _report_run(run_dir)
+            (report or _report_run)(run_dir)
         except RunInterrupted as interrupt:
             logging.getLogger(__name__).info("metals %s interrupted", name, exc_info=True)
             sys.stderr.write(
@@ -519,11 +537,19 @@ def _route_console_logs(verbose: bool) -> None:
 
 def _report_run(run_dir: Path) -> None:
     """Write the results table and plots of one run and print the table."""
+    _print_report(run_dir, *_write_report(run_dir))
+
+
+def _write_report(run_dir: Path) -> tuple[str, list[Path]]:
+    """Write the results table and plots of one run, and return the table and the plot paths."""
     from metals.plots import write_plots
     from metals.tables import write_results_table
 
-    table = write_results_table(run_dir)
-    plots = write_plots(run_dir)
+    return write_results_table(run_dir), list(write_plots(run_dir))
+
+
+def _print_report(run_dir: Path, table: str, plots: Sequence[Path]) -> None:
+    """Print a run's results table, its plot names and its directory."""
     sys.stdout.write("\n" + table + "\n")
     sys.stdout.write(f"plots: {', '.join(path.name for path in plots)}\n")
     sys.stdout.write(f"run directory: {run_dir}\n")

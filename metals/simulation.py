@@ -158,18 +158,61 @@ def interruptible_server_app(
     stop: threading.Event,
     run_dir: Path,
     pushed: PushedNodes | None = None,
+    on_finished: Callable[[], None] | None = None,
 ) -> ServerApp:
     """Wrap ``server_app`` so that its grid raises :class:`RunInterrupted` once ``stop`` is set.
 
-    ``pushed``, when given, records the destination nodes of every push.
+    ``pushed``, when given, records the destination nodes of every push, and
+    ``on_finished`` is called once ``server_app`` has returned.
     """
     wrapper = ServerApp()
 
     @wrapper.main()
     def main(grid: Grid, context: Context) -> None:
         server_app(InterruptibleGrid(grid, stop, run_dir, pushed=pushed), context)
+        if on_finished is not None:
+            on_finished()
 
     return wrapper
+
+
+class AfterRounds:
+    """A call on the finished run directory, run in its own thread while the runtime stops.
+
+    Parameters
+    ----------
+    function : Callable[[Path], None]
+        Called with ``run_dir``.
+    run_dir : Path
+        The run directory.
+    """
+
+    def __init__(self, function: Callable[[Path], None], run_dir: Path) -> None:
+        self._function = function
+        self._run_dir = run_dir
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        """Start the call in a new thread."""
+        self._thread = threading.Thread(target=self._run, name="metals-after-rounds", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._function(self._run_dir)
+        except BaseException as error:  # raised again by raise_error, in the caller's thread
+            self._error = error
+
+    def join(self) -> None:
+        """Wait for the call to end, if it started."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def raise_error(self) -> None:
+        """Raise what the call raised, if anything."""
+        if self._error is not None:
+            raise self._error
 
 
 class PromptQueue(queue.Queue):  # type: ignore[type-arg]
@@ -395,6 +438,7 @@ def run_experiment(
     *,
     progress: Callable[[RoundProgress], None] | None = None,
     verbose: bool = False,
+    on_finished: Callable[[Path], None] | None = None,
 ) -> Path:
     """Validate ``run_config``, run it on Flower's Ray simulation and return the run directory.
 
@@ -406,6 +450,10 @@ def run_experiment(
         Called after each completed round.
     verbose : bool, default=False
         Show Flower's INFO logs and Ray's worker output.
+    on_finished : Callable[[Path], None] | None, default=None
+        Called with the run directory in its own thread once the ServerApp
+        has written the results, while Flower and Ray shut down (a report,
+        for example). This function waits for it and raises what it raised.
 
     Returns
     -------
@@ -484,7 +532,14 @@ def run_experiment(
         flwr_logger.setLevel(logging.WARNING)
         flwr_logger.addFilter(notice_filter)
     pushed = PushedNodes()
-    server_app = interruptible_server_app(build_server_app(config, progress), stop, run_dir, pushed)
+    after_rounds = AfterRounds(on_finished, run_dir) if on_finished is not None else None
+    server_app = interruptible_server_app(
+        build_server_app(config, progress),
+        stop,
+        run_dir,
+        pushed,
+        on_finished=after_rounds.start if after_rounds is not None else None,
+    )
     try:
         with stop_on_sigint(stop), prompt_runtime(pushed):
             run_simulation(
@@ -511,6 +566,10 @@ def run_experiment(
         flwr_logger.removeFilter(notice_filter)
         torch.set_num_threads(previous_threads)
         stop_ray()
+        if after_rounds is not None:
+            after_rounds.join()
     if stop.is_set():
         raise RunInterrupted(run_dir)
+    if after_rounds is not None:
+        after_rounds.raise_error()
     return Path(str(config["run-dir"]))

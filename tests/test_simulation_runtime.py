@@ -9,6 +9,7 @@ from flwr.server.superlink.fleet.vce import vce_api
 
 import metals.simulation as simulation
 from metals.simulation import (
+    AfterRounds,
     PromptQueue,
     PushedNodes,
     forward_messages,
@@ -199,3 +200,32 @@ def test_start_ray_stops_autoscaler_monitor():
     assert all(info.process.poll() is not None for info in monitors)
     assert result == 49
     assert not ray.is_initialized()
+
+
+def test_after_rounds_passes_run_dir_and_error(tmp_path):
+    # Prepare
+    seen = []
+
+    def fail(run_dir):
+        seen.append(run_dir)
+        raise ValueError("table failed")
+
+    after_rounds = AfterRounds(fail, tmp_path)
+
+    # Execute
+    after_rounds.start()
+    after_rounds.join()
+
+    # Assert: the error comes back in the caller's thread.
+    assert seen == [tmp_path]
+    with pytest.raises(ValueError, match="table failed"):
+        after_rounds.raise_error()
+
+
+def test_after_rounds_not_started_raises_nothing(tmp_path):
+    # Prepare
+    after_rounds = AfterRounds(lambda run_dir: None, tmp_path)
+
+    # Execute and assert
+    after_rounds.join()
+    after_rounds.raise_error()
