@@ -443,12 +443,20 @@ def format_section(
         "of importing scikit-learn, and local training uses metals' own Adam, because the "
         "first `torch.optim` optimizer of a process imports `torch._dynamo` (1 to 2 s in "
         "every actor).",
-        "- Each round. The server pulls replies every 5 ms instead of Flower's 0.1 s, sends "
-        "the next round before it scores the current one, and clients save their pools "
-        "without an fsync.",
-        "- Left: Ray's own start (GCS, raylet and API server) and shutdown, the actors' start "
-        "and torch import, and Flower's simulation runtime, which looks for new messages "
-        "every 0.1 s.",
+        "- Each round. The simulation runtime hands a pushed message to the clients at once "
+        "and asks the link state only for the nodes that were sent one (Flower's loop asks "
+        "for every node every 0.1 s, and each call scans every message in flight). The "
+        "server pulls replies every 5 ms instead of Flower's 0.1 s and sends the next round "
+        "before it scores the current one. A client process keeps every partition's rows, "
+        "and clients save their pools without an fsync.",
+        "- Shutdown. The runtime's queues wait at most 20 ms instead of 1 s before their "
+        "threads see the stop event. metals stops Ray's autoscaler monitor after Ray starts "
+        "(one machine never scales), because `ray.shutdown` waited 1 s for it to exit. The "
+        "`metals` program ends without tearing down torch's and Flower's modules (0.5 to "
+        "0.8 s).",
+        "- Left: Ray's own start (GCS, raylet, dashboard and runtime-environment agents) and "
+        "the actors' start, in which each imports torch, Flower's simulation and metals "
+        "before the first client trains.",
         "",
     ]
     if scaling:
