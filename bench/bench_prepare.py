@@ -282,7 +282,7 @@ def main() -> None:
         "--rows", type=int, default=sum(CLASS_COUNTS.values()), help="rows of the generated file"
     )
     parser.add_argument(
-        "--repeat", type=int, default=3, help="rounds of the four measured steps (default: 3)"
+        "--repeat", type=int, default=5, help="rounds of the four measured steps (default: 5)"
     )
     parser.add_argument(
         "--page", type=Path, default=None, help="benchmark page to write the results into"
