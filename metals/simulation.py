@@ -110,6 +110,10 @@ class InterruptibleGrid(PollingGrid):
     pushed : PushedNodes | None, default=None
         Records the destination nodes of every push, so that
         :func:`forward_messages` hands the new messages to the clients at once.
+    replied : threading.Event | None, default=None
+        Set by :func:`store_replies` after each reply it stores. With it,
+        the grid pulls replies as they come, and otherwise every
+        ``RUNTIME_QUEUE_WAIT_SECONDS`` instead of every ``poll_seconds``.
     """
 
     def __init__(
@@ -119,11 +123,13 @@ class InterruptibleGrid(PollingGrid):
         run_dir: Path,
         poll_seconds: float = SIMULATION_POLL_SECONDS,
         pushed: PushedNodes | None = None,
+        replied: threading.Event | None = None,
     ) -> None:
         super().__init__(grid, poll_seconds)
         self._stop = stop
         self._run_dir = run_dir
         self._pushed = pushed
+        self._replied = replied
 
     def _check_stop(self) -> None:
         if self._stop.is_set():
@@ -149,8 +155,11 @@ class InterruptibleGrid(PollingGrid):
         return super().pull_messages(message_ids)
 
     def wait(self, seconds: float) -> None:
-        """Pause between two pulls, ending at once when ``stop`` is set."""
-        self._stop.wait(seconds)
+        """Pause between two pulls, ending at once when ``stop`` is set or a reply is stored."""
+        if self._replied is None:
+            self._stop.wait(seconds)
+        elif self._replied.wait(RUNTIME_QUEUE_WAIT_SECONDS):
+            self._replied.clear()
 
 
 def interruptible_server_app(
@@ -159,17 +168,19 @@ def interruptible_server_app(
     run_dir: Path,
     pushed: PushedNodes | None = None,
     on_finished: Callable[[], None] | None = None,
+    replied: threading.Event | None = None,
 ) -> ServerApp:
     """Wrap ``server_app`` so that its grid raises :class:`RunInterrupted` once ``stop`` is set.
 
-    ``pushed``, when given, records the destination nodes of every push, and
+    ``pushed`` and ``replied`` go to :class:`InterruptibleGrid`, and
     ``on_finished`` is called once ``server_app`` has returned.
     """
     wrapper = ServerApp()
 
     @wrapper.main()
     def main(grid: Grid, context: Context) -> None:
-        server_app(InterruptibleGrid(grid, stop, run_dir, pushed=pushed), context)
+        interruptible = InterruptibleGrid(grid, stop, run_dir, pushed=pushed, replied=replied)
+        server_app(interruptible, context)
         if on_finished is not None:
             on_finished()
 
@@ -298,43 +309,89 @@ def forward_messages(
                 message_queue.put(message)
 
 
-# Parameters of the loop in Flower's simulation runtime that forward_messages
-# replaces. With any other signature, metals leaves the runtime unchanged.
+def store_replies(
+    state: Any,
+    message_queue: queue.Queue,  # type: ignore[type-arg]
+    f_stop: threading.Event,
+    *,
+    replied: threading.Event,
+) -> None:
+    """Store the clients' replies in the link state and set ``replied`` after each one.
+
+    It replaces the loop of Flower's simulation runtime that stores
+    replies, so that the ServerApp's grid waits for this signal instead of
+    pulling replies every few milliseconds. It ends within
+    ``RUNTIME_QUEUE_WAIT_SECONDS`` of ``f_stop``.
+
+    Parameters
+    ----------
+    state : LinkState
+        The simulation's link state; only ``store_message_res`` is called.
+    message_queue : queue.Queue
+        Queue of replies that the runtime's worker threads fill.
+    f_stop : threading.Event
+        The runtime's stop event.
+    replied : threading.Event
+        Set after each stored reply.
+    """
+    while not f_stop.is_set():
+        try:
+            reply = message_queue.get(timeout=RUNTIME_QUEUE_WAIT_SECONDS)
+        except queue.Empty:
+            continue
+        state.store_message_res(reply)
+        replied.set()
+
+
+# Parameters of the loops in Flower's simulation runtime that forward_messages
+# and store_replies replace. With any other signature, metals leaves the
+# runtime unchanged.
 _FORWARD_PARAMETERS = ["state", "queue", "nodes_mapping", "f_stop"]
+_STORE_PARAMETERS = ["state", "queue", "f_stop"]
+
+
+def _parameters(function: Callable[..., Any] | None) -> list[str]:
+    return [] if function is None else list(inspect.signature(function).parameters)
 
 
 @contextmanager
-def prompt_runtime(pushed: PushedNodes) -> Iterator[bool]:
-    """Let Flower's simulation runtime pick up messages on push and stop without a 1 s wait.
+def prompt_runtime(pushed: PushedNodes, replied: threading.Event) -> Iterator[bool]:
+    """Let Flower's simulation runtime pass messages on as they come and stop without a 1 s wait.
 
     Inside the block, the runtime module uses :func:`forward_messages`
-    (woken by ``pushed``) and :class:`PromptQueue`, and the originals come
-    back after it. When the Flower version lacks these names or has another
-    signature, nothing changes and the block yields False.
+    (woken by ``pushed``), :func:`store_replies` (which sets ``replied``)
+    and :class:`PromptQueue`, and the originals come back after it. When the
+    Flower version lacks these names or has other signatures, nothing
+    changes and the block yields False.
 
     Parameters
     ----------
     pushed : PushedNodes
         Destination nodes of the ServerApp's pushes, recorded by its grid.
+    replied : threading.Event
+        Set after each reply stored in the link state.
     """
     from flwr.server.superlink.fleet.vce import vce_api
 
     original_forward = getattr(vce_api, "add_messages_to_queue", None)
+    original_store = getattr(vce_api, "put_message_into_state", None)
     original_queue = getattr(vce_api, "Queue", None)
     if (
-        original_forward is None
-        or original_queue is not queue.Queue
-        or list(inspect.signature(original_forward).parameters) != _FORWARD_PARAMETERS
+        original_queue is not queue.Queue
+        or _parameters(original_forward) != _FORWARD_PARAMETERS
+        or _parameters(original_store) != _STORE_PARAMETERS
     ):
-        logger.debug("Flower's simulation loop has another signature here, so it stays unchanged")
+        logger.debug("Flower's simulation loops have other signatures here, so they stay unchanged")
         yield False
         return
     vce_api.add_messages_to_queue = partial(forward_messages, pushed=pushed)
+    vce_api.put_message_into_state = partial(store_replies, replied=replied)
     vce_api.Queue = PromptQueue
     try:
         yield True
     finally:
         vce_api.add_messages_to_queue = original_forward
+        vce_api.put_message_into_state = original_store
         vce_api.Queue = original_queue
 
 
@@ -531,7 +588,7 @@ def run_experiment(
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
         flwr_logger.addFilter(notice_filter)
-    pushed = PushedNodes()
+    pushed, replied = PushedNodes(), threading.Event()
     after_rounds = AfterRounds(on_finished, run_dir) if on_finished is not None else None
     server_app = interruptible_server_app(
         build_server_app(config, progress),
@@ -539,9 +596,10 @@ def run_experiment(
         run_dir,
         pushed,
         on_finished=after_rounds.start if after_rounds is not None else None,
+        replied=replied,
     )
     try:
-        with stop_on_sigint(stop), prompt_runtime(pushed):
+        with stop_on_sigint(stop), prompt_runtime(pushed, replied):
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,

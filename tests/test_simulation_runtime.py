@@ -17,6 +17,7 @@ from metals.simulation import (
     start_ray,
     stop_autoscaler_monitor,
     stop_ray,
+    store_replies,
 )
 
 
@@ -132,44 +133,91 @@ def test_prompt_queue_returns_items_in_order():
         message_queue.get(block=False)
 
 
-def test_prompt_runtime_swaps_and_restores_flower_loop():
+def test_prompt_runtime_swaps_and_restores_flower_loops():
     # Prepare
-    original_forward, original_queue = vce_api.add_messages_to_queue, vce_api.Queue
-    pushed = PushedNodes()
+    originals = (
+        vce_api.add_messages_to_queue,
+        vce_api.put_message_into_state,
+        vce_api.Queue,
+    )
+    pushed, replied = PushedNodes(), threading.Event()
 
     # Execute
-    with prompt_runtime(pushed) as swapped:
-        inside = (vce_api.add_messages_to_queue, vce_api.Queue)
+    with prompt_runtime(pushed, replied) as swapped:
+        inside = (
+            vce_api.add_messages_to_queue,
+            vce_api.put_message_into_state,
+            vce_api.Queue,
+        )
 
     # Assert
     assert swapped is True
     assert inside[0].func is forward_messages
     assert inside[0].keywords == {"pushed": pushed}
-    assert inside[1] is PromptQueue
-    assert vce_api.add_messages_to_queue is original_forward
-    assert vce_api.Queue is original_queue
+    assert inside[1].func is store_replies
+    assert inside[1].keywords == {"replied": replied}
+    assert inside[2] is PromptQueue
+    assert (
+        vce_api.add_messages_to_queue,
+        vce_api.put_message_into_state,
+        vce_api.Queue,
+    ) == originals
 
 
-def test_prompt_runtime_leaves_other_flower_loop_alone(monkeypatch):
-    # Prepare: a Flower version whose loop takes other parameters.
-    def other_loop(state, queue, nodes_mapping, f_stop, interval):
+def test_prompt_runtime_leaves_other_flower_loops_alone(monkeypatch):
+    # Prepare: a Flower version whose reply loop takes other parameters.
+    def other_loop(state, queue, f_stop, interval):
         raise AssertionError("not called here")
 
-    monkeypatch.setattr(vce_api, "add_messages_to_queue", other_loop)
+    monkeypatch.setattr(vce_api, "put_message_into_state", other_loop)
+    original_forward = vce_api.add_messages_to_queue
 
     # Execute
-    with prompt_runtime(PushedNodes()) as swapped:
-        inside = vce_api.add_messages_to_queue
+    with prompt_runtime(PushedNodes(), threading.Event()) as swapped:
+        inside = (vce_api.add_messages_to_queue, vce_api.put_message_into_state)
 
     # Assert
     assert swapped is False
-    assert inside is other_loop
+    assert inside == (original_forward, other_loop)
 
 
-def test_forward_messages_matches_flower_loop_parameters():
+def test_flower_loops_match_swapped_parameters():
     # Assert: the Flower version installed here is one prompt_runtime swaps.
-    parameters = list(inspect.signature(vce_api.add_messages_to_queue).parameters)
-    assert parameters == simulation._FORWARD_PARAMETERS
+    forward = list(inspect.signature(vce_api.add_messages_to_queue).parameters)
+    store = list(inspect.signature(vce_api.put_message_into_state).parameters)
+    assert forward == simulation._FORWARD_PARAMETERS
+    assert store == simulation._STORE_PARAMETERS
+
+
+class _ReplyState:
+    def __init__(self):
+        self.stored = []
+
+    def store_message_res(self, message):
+        self.stored.append(message)
+
+
+def test_store_replies_signals_each_reply():
+    # Prepare
+    state, message_queue = _ReplyState(), queue.Queue()
+    f_stop, replied = threading.Event(), threading.Event()
+    loop = threading.Thread(
+        target=store_replies, args=(state, message_queue, f_stop), kwargs={"replied": replied}
+    )
+
+    # Execute
+    loop.start()
+    try:
+        message_queue.put("reply-1")
+        signalled = replied.wait(timeout=10)
+    finally:
+        f_stop.set()
+        loop.join(timeout=10)
+
+    # Assert: the reply was stored before the signal, and the loop ended.
+    assert signalled
+    assert state.stored == ["reply-1"]
+    assert not loop.is_alive()
 
 
 @pytest.mark.slow

@@ -94,3 +94,20 @@ def test_interruptible_grid_records_pushed_nodes(tmp_path: Path):
     assert list(message_ids) == ["m0", "m1"]
     assert pushed.take(timeout=0) == {7, 9}
     assert pushed.take(timeout=0) == set()
+
+
+def test_interruptible_grid_pulls_when_replied(tmp_path: Path):
+    # Prepare: replies come on the second pull, and the reply signal is set,
+    # so the grid pulls again without waiting out its hour-long interval.
+    replied = threading.Event()
+    replied.set()
+    grid = InterruptibleGrid(
+        _Grid([2]), threading.Event(), tmp_path, poll_seconds=3600, replied=replied
+    )
+
+    # Execute
+    replies = grid.send_and_receive(["a"], timeout=60)
+
+    # Assert
+    assert [reply.metadata.reply_to_message_id for reply in replies] == ["m0"]
+    assert not replied.is_set()
