@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 # Maximum wait of one blocking get on the simulation runtime's message queues.
 # Flower's loops wait 1 s there before they look at the stop event again.
 RUNTIME_QUEUE_WAIT_SECONDS = 0.02
+# A second SIGINT this soon after the first is the same interrupt delivered
+# twice: timeout(1) signals both the process and its process group.
+REPEATED_SIGINT_SECONDS = 1.0
 # Without a push signal, every node's pending messages are looked for this
 # often. Every push of the ServerApp signals its nodes, so this only catches
 # messages that come another way.
@@ -61,12 +64,19 @@ def backend_config(num_cpus: int | None = None, *, verbose: bool = False) -> dic
 
 
 class FlowerNoticeFilter(logging.Filter):
-    """Drop two Flower 1.42 WARNING records that a metals run cannot act on.
+    """Drop the Flower records that a metals run cannot act on.
 
-    They are the deprecation notice of ``flwr.simulation.run_simulation``
-    (metals runs its simulation in process on purpose) and the notice that
-    ``fraction_evaluate`` is 0 (federated evaluation off is the default of
-    ``fraction-evaluate``). Every other record passes.
+    These are two Flower 1.42 WARNING records: the deprecation notice of
+    ``flwr.simulation.run_simulation`` (metals runs its simulation in
+    process on purpose) and the notice that ``fraction_evaluate`` is 0
+    (federated evaluation off is the default of ``fraction-evaluate``).
+    Once ``stop`` is set, every record goes: after an interrupt, Flower
+    logs each client actor that Ray stops as an error with a traceback.
+
+    Parameters
+    ----------
+    stop : threading.Event | None, default=None
+        Set when the user interrupts the run.
     """
 
     NOTICES = (
@@ -74,8 +84,14 @@ class FlowerNoticeFilter(logging.Filter):
         "fraction_evaluate is set to 0.0",
     )
 
+    def __init__(self, stop: threading.Event | None = None) -> None:
+        super().__init__()
+        self._stop = stop
+
     def filter(self, record: logging.LogRecord) -> bool:
-        """Return False for the two notices, True for every other record."""
+        """Return False for the two notices and for every record after ``stop``, else True."""
+        if self._stop is not None and self._stop.is_set():
+            return False
         message = record.getMessage()
         return not any(notice in message for notice in self.NOTICES)
 
@@ -397,7 +413,9 @@ def prompt_runtime(pushed: PushedNodes, replied: threading.Event) -> Iterator[bo
 
 @contextmanager
 def stop_on_sigint(stop: threading.Event) -> Iterator[None]:
-    """Set ``stop`` on the first SIGINT; a second SIGINT raises KeyboardInterrupt.
+    """Set ``stop`` on the first SIGINT; a later one raises KeyboardInterrupt.
+
+    A SIGINT within ``REPEATED_SIGINT_SECONDS`` of the first is ignored.
 
     Outside the main thread, where Python cannot install signal handlers,
     nothing changes.
@@ -408,10 +426,16 @@ def stop_on_sigint(stop: threading.Event) -> Iterator[None]:
 
     previous = signal.getsignal(signal.SIGINT)
 
+    interrupted_at: list[float] = []
+
     def handle(signum: int, frame: FrameType | None) -> None:
-        logger.warning("interrupt received; stopping the run (press Ctrl-C again to force)")
-        stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        now = time.monotonic()
+        if not interrupted_at:
+            interrupted_at.append(now)
+            logger.warning("interrupt received; stopping the run (press Ctrl-C again to force)")
+            stop.set()
+        elif now - interrupted_at[0] >= REPEATED_SIGINT_SECONDS:
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handle)
     try:
@@ -584,10 +608,21 @@ def run_experiment(
 
     flwr_logger = logging.getLogger("flwr")
     previous_level = flwr_logger.level
-    notice_filter = FlowerNoticeFilter()
+    notice_filter = FlowerNoticeFilter(stop)
+    # Flower's console handler printed each of its errors a second time,
+    # beside the copy that reaches the root logger's handlers.
+    flower_console = [
+        handler
+        for handler in flwr_logger.handlers
+        if isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+        and not verbose
+    ]
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
         flwr_logger.addFilter(notice_filter)
+        for handler in flower_console:
+            flwr_logger.removeHandler(handler)
     pushed, replied = PushedNodes(), threading.Event()
     after_rounds = AfterRounds(on_finished, run_dir) if on_finished is not None else None
     server_app = interruptible_server_app(
@@ -622,6 +657,8 @@ def run_experiment(
     finally:
         flwr_logger.setLevel(previous_level)
         flwr_logger.removeFilter(notice_filter)
+        for handler in flower_console:
+            flwr_logger.addHandler(handler)
         torch.set_num_threads(previous_threads)
         stop_ray()
         if after_rounds is not None:

@@ -1,7 +1,9 @@
 """How metals tunes Flower's simulation runtime: prompt message pick-up, short queue waits, Ray."""
 
 import inspect
+import os
 import queue
+import signal
 import threading
 
 import pytest
@@ -16,6 +18,7 @@ from metals.simulation import (
     prompt_runtime,
     start_ray,
     stop_autoscaler_monitor,
+    stop_on_sigint,
     stop_ray,
     store_replies,
 )
@@ -277,3 +280,28 @@ def test_after_rounds_not_started_raises_nothing(tmp_path):
     # Execute and assert
     after_rounds.join()
     after_rounds.raise_error()
+
+
+def test_stop_on_sigint_ignores_repeated_signal():
+    # Prepare: timeout(1) delivers one interrupt to the process and to its group.
+    stop = threading.Event()
+
+    # Execute
+    with stop_on_sigint(stop):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    # Assert: the run stops, without a forced KeyboardInterrupt.
+    assert stop.is_set()
+
+
+def test_stop_on_sigint_later_signal_forces(monkeypatch):
+    # Prepare: every repeat counts as a second press of Ctrl-C.
+    monkeypatch.setattr(simulation, "REPEATED_SIGINT_SECONDS", 0.0)
+    stop = threading.Event()
+
+    # Execute and assert
+    with pytest.raises(KeyboardInterrupt), stop_on_sigint(stop):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+    assert stop.is_set()
