@@ -92,13 +92,19 @@ def _convert(hydra_key: str, value: Any) -> Any:
     return value
 
 
-def _hydra_name_of(message: str) -> str | None:
-    """Return the Hydra key of the first quoted run-config key in an error message."""
+def _with_hydra_name(message: str) -> str:
+    """Name the Hydra key of the first quoted run-config key in an error message.
+
+    The user typed the Hydra key (``fl.fraction_train``), so it replaces the
+    quoted run-config key (``'fraction-train'``), which follows in brackets.
+    A message without a known run-config key comes back unchanged.
+    """
     by_run_key = {run_key: hydra_key for hydra_key, run_key in HYDRA_KEYS.items()}
     for quoted in re.findall(r"'([a-z][a-z-]*)'", message):
         if quoted in by_run_key:
-            return by_run_key[quoted]
-    return None
+            named = message.replace(f"'{quoted}'", by_run_key[quoted], 1)
+            return f"{named} (run-config key {quoted})"
+    return message
 
 
 def to_run_config(config: Mapping[str, Any], *, run_dir: str | Path | None = None) -> RunConfig:
@@ -147,11 +153,7 @@ def to_run_config(config: Mapping[str, Any], *, run_dir: str | Path | None = Non
     try:
         return validate_run_config(overrides)
     except ValueError as error:
-        message = str(error)
-        hydra_key = _hydra_name_of(message)
-        if hydra_key is not None:
-            message = f"{message} (config key {hydra_key})"
-        raise ConfigError(message) from None
+        raise ConfigError(_with_hydra_name(str(error))) from None
 
 
 def compose(overrides: Sequence[str] = ()) -> dict[str, Any]:

@@ -116,8 +116,8 @@ def test_config_invalid_value_exit_2(capsys):
     # Assert
     captured = capsys.readouterr()
     assert code == 2
-    assert "fl.fraction_train" in captured.err
-    assert "<= 1" in captured.err
+    assert "invalid value 2.0 for fl.fraction_train: must be <= 1" in captured.err
+    assert "(run-config key fraction-train)" in captured.err
     assert "Traceback" not in captured.err
 
 
