@@ -67,6 +67,12 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if (path.parent / "checkpoint").is_dir():
+            raise RunDirError(
+                f"{path} not found: the run in {path.parent} has not finished; resume it "
+                f"with 'metals run hydra.run.dir={path.parent}' and the same overrides, "
+                "or pass a finished run to --model"
+            ) from None
         raise RunDirError(
             f"{path} not found; --model must be a run directory written by "
             "'metals run' (with model.pt, config.json, summary.json, preprocessor/)"

@@ -455,3 +455,17 @@ def test_unknown_label_stops_scoring(nsl_run: TrainedRun, kdd_test: Path, tmp_pa
     assert summary.labelled == 20
     assert "labels from line 21 on are not scored" in caplog.text
     assert "zeroday" in caplog.text
+
+
+def test_unfinished_run_dir_names_resume(nsl_run: TrainedRun, tmp_path: Path):
+    # Prepare: an interrupted run has its checkpoint but no summary.json yet.
+    unfinished = shutil.copytree(nsl_run.run_dir, tmp_path / "unfinished")
+    (unfinished / "summary.json").unlink()
+    (unfinished / "checkpoint").mkdir(exist_ok=True)
+
+    # Execute / Assert
+    with pytest.raises(
+        RunDirError,
+        match=rf"has not finished; resume it with 'metals run hydra.run.dir={unfinished}'",
+    ):
+        load_detector(unfinished)
