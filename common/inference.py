@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -133,6 +133,11 @@ def traffic_layout(dataset: str, preprocessor: Preprocessor) -> TrafficLayout:
         type. For ``edge_iiotset`` the identifier and timestamp columns that
         training drops are accepted and not read.
     """
+    return replace(_dataset_layout(dataset, preprocessor), dataset=dataset)
+
+
+def _dataset_layout(dataset: str, preprocessor: Preprocessor) -> TrafficLayout:
+    """Return the columns of :func:`traffic_layout`, without the dataset name."""
     features = tuple(preprocessor.numeric + preprocessor.categorical)
     numeric = frozenset(preprocessor.numeric)
     if dataset == "nsl_kdd":

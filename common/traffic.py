@@ -74,6 +74,8 @@ class TrafficLayout:
     number_spelling : frozenset[str], default=frozenset()
         Text columns whose numeric values are rewritten in one spelling
         (``0`` and ``0.0`` both become ``0.0``), as training does.
+    dataset : str, default=""
+        Name of the dataset the model was trained on, for messages.
     """
 
     features: tuple[str, ...]
@@ -87,6 +89,7 @@ class TrafficLayout:
     column_sets: tuple[tuple[str, ...], ...] = ()
     boolean_numbers: bool = False
     number_spelling: frozenset[str] = frozenset()
+    dataset: str = ""
 
     @property
     def known(self) -> frozenset[str]:
@@ -218,9 +221,10 @@ def inspect_columns(path: str | Path, layout: TrafficLayout) -> FileColumns:
                 problems.append(f"columns the model never saw: {unknown}")
             if missing:
                 problems.append(f"missing columns the model needs: {missing}")
+            trained_on = f" ({layout.dataset})" if layout.dataset else ""
             raise TrafficFileError(
                 f"{path}: {'; '.join(problems)}. Use a file in the layout of the "
-                "dataset the model was trained on"
+                f"dataset the model was trained on{trained_on}"
             )
         header_lines = 1
     else:

@@ -190,6 +190,7 @@ def test_missing_columns_rejected(nsl_run: TrainedRun, kdd_test: Path, tmp_path:
     err = capsys.readouterr().err
     assert code == 1
     assert "missing columns the model needs: ['service']" in err
+    assert "the dataset the model was trained on (nsl_kdd)" in err
 
 
 def test_headerless_field_count_rejected(
