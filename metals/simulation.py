@@ -321,6 +321,9 @@ def forward_messages(
             node_ids = list(nodes)
             last_full_pass = time.monotonic()
         for node_id in node_ids:
+            # NOTE: a node with two messages waiting gets both at once, and two
+            # workers may run them side by side. metals sends a node a second
+            # message only after a wait for its reply timed out.
             for message in state.get_message_ins(node_id=node_id, limit=None):
                 message_queue.put(message)
 
