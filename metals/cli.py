@@ -448,10 +448,8 @@ def run_with_hydra(
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
-    from metals.common.data import DataError
     from metals.config import to_run_config
     from metals.simulation import RunInterrupted
-    from metals.tables import ResultsError
 
     run_dirs: list[Path] = []
     sweep_dirs: list[Path] = []
@@ -479,7 +477,7 @@ def run_with_hydra(
                 f"hydra.run.dir={interrupt.run_dir} to resume after the last completed round\n"
             )
             raise SystemExit(EXIT_INTERRUPTED) from None
-        except (DataError, ResultsError, RuntimeError) as error:
+        except _expected_failures() as error:
             # Expected failures (missing data, a failed round) get one line on the
             # console; the traceback goes to metals.log in the run directory.
             logging.getLogger(__name__).info("metals %s failed", name, exc_info=True)
@@ -508,6 +506,18 @@ def run_with_hydra(
     if len(run_dirs) > 1:
         _report_sweep(run_dirs, sweep_dirs[0] if sweep_dirs else None)
     return 0
+
+
+def _expected_failures() -> tuple[type[Exception], ...]:
+    """Return the errors of a job that get one line on the console instead of a traceback.
+
+    An ``except`` clause evaluates this only when an error reaches it, so the
+    data layer (and pandas with it) is not imported before Ray starts.
+    """
+    from metals.common.data import DataError
+    from metals.tables import ResultsError
+
+    return (DataError, ResultsError, RuntimeError)
 
 
 def _is_framework_chatter(record: logging.LogRecord) -> bool:

@@ -11,12 +11,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
 
 from metals.server.results import atomic_write_text
+
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +103,8 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
     state_path = folder / STATE_FILE
     if not state_path.is_file():
         return None
+    from flwr.app import Array, ArrayRecord
+
     state = json.loads(state_path.read_text(encoding="utf-8"))
     with np.load(folder / state["weights"]) as weights:
         arrays = ArrayRecord({key: Array(np.array(weights[key])) for key in weights.files})

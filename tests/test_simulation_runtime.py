@@ -4,6 +4,8 @@ import inspect
 import os
 import queue
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -305,3 +307,21 @@ def test_stop_on_sigint_later_signal_forces(monkeypatch):
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
     assert stop.is_set()
+
+
+def test_run_command_modules_leave_flower_and_pandas_unimported():
+    # Prepare: the modules `metals run` imports before Ray starts, in a fresh interpreter.
+    code = (
+        "import sys\n"
+        "import metals.cli, metals.config, metals.progress, metals.simulation\n"
+        "import metals.server.checkpoint, metals.tables\n"
+        "print(sorted(name for name in ('flwr', 'pandas', 'torch') if name in sys.modules))\n"
+    )
+
+    # Execute
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+
+    # Assert: these load in the thread that imports while Ray starts.
+    assert result.stdout.strip() == "[]"

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from metals.server.grid import PollingGrid
-from metals.simulation import InterruptibleGrid, PushedNodes, RunInterrupted
+from metals.simulation import PushedNodes, RunInterrupted
+from metals.simulation_grid import InterruptibleGrid
 
 
 class _Grid:
