@@ -535,14 +535,13 @@ def _route_console_logs(verbose: bool) -> None:
     """
     if verbose:
         return
+    from metals.simulation import console_handlers
+
     # Flower's state database reports its schema set-up at INFO on every run.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(
-            handler, logging.FileHandler
-        ):
-            handler.setLevel(logging.WARNING)
-            handler.addFilter(lambda record: not _is_framework_chatter(record))
+    for handler in console_handlers(logging.getLogger()):
+        handler.setLevel(logging.WARNING)
+        handler.addFilter(lambda record: not _is_framework_chatter(record))
 
 
 def _report_run(run_dir: Path) -> None:

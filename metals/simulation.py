@@ -92,6 +92,16 @@ class FlowerNoticeFilter(logging.Filter):
         return not any(notice in message for notice in self.NOTICES)
 
 
+def console_handlers(logger: logging.Logger) -> list[logging.Handler]:
+    """Return the handlers of ``logger`` that write to a stream other than a file."""
+    return [
+        handler
+        for handler in logger.handlers
+        if isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+    ]
+
+
 class RunInterrupted(Exception):
     """The user interrupted a run; the checkpoint of the last completed round stays."""
 
@@ -201,7 +211,7 @@ def forward_messages(
     Parameters
     ----------
     state : LinkState
-        The simulation's link state; only ``get_message_ins`` is called.
+        The simulation's link state, of which only ``get_message_ins`` is called.
     message_queue : queue.Queue
         Queue of the runtime's worker threads.
     nodes : Iterable[int]
@@ -242,7 +252,7 @@ def store_replies(
     Parameters
     ----------
     state : LinkState
-        The simulation's link state; only ``store_message_res`` is called.
+        The simulation's link state, of which only ``store_message_res`` is called.
     message_queue : queue.Queue
         Queue of replies that the runtime's worker threads fill.
     f_stop : threading.Event
@@ -512,13 +522,7 @@ def run_experiment(
     notice_filter = FlowerNoticeFilter(stop)
     # Flower's console handler printed each of its errors a second time,
     # beside the copy that reaches the root logger's handlers.
-    flower_console = [
-        handler
-        for handler in flwr_logger.handlers
-        if isinstance(handler, logging.StreamHandler)
-        and not isinstance(handler, logging.FileHandler)
-        and not verbose
-    ]
+    flower_console = [] if verbose else console_handlers(flwr_logger)
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
         flwr_logger.addFilter(notice_filter)
