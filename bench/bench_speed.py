@@ -443,12 +443,13 @@ def format_section(
         "of importing scikit-learn, and local training uses metals' own Adam, because the "
         "first `torch.optim` optimizer of a process imports `torch._dynamo` (1 to 2 s in "
         "every actor).",
-        "- Each round. The simulation runtime hands a pushed message to the clients at once "
-        "and asks the link state only for the nodes that were sent one (Flower's loop asks "
-        "for every node every 0.1 s, and each call scans every message in flight). The "
-        "server pulls replies every 5 ms instead of Flower's 0.1 s and sends the next round "
-        "before it scores the current one. A client process keeps every partition's rows, "
-        "and clients save their pools without an fsync.",
+        "- Each round. The simulation runtime hands a pushed message to the clients at once. "
+        "It asks the link state only for the nodes that were sent one, where Flower's loop "
+        "asks for every node every 0.1 s and each call scans every message in flight. The "
+        "server waits for a signal of each stored reply instead of pulling replies every "
+        "0.1 s, and it sends the next round before it scores the current one. A client "
+        "process keeps every partition's rows, and clients save their pools without an "
+        "fsync.",
         "- Shutdown. The runtime's queues wait at most 20 ms instead of 1 s before their "
         "threads see the stop event. metals stops Ray's autoscaler monitor after Ray starts "
         "(one machine never scales), because `ray.shutdown` waited 1 s for it to exit. The "

@@ -85,7 +85,12 @@ class InterruptibleGrid(PollingGrid):
         return super().pull_messages(message_ids)
 
     def wait(self, seconds: float) -> None:
-        """Pause between two pulls, ending at once when ``stop`` is set or a reply is stored."""
+        """Pause between two pulls.
+
+        With ``replied``, the pause ends when a reply is stored, after at most
+        ``RUNTIME_QUEUE_WAIT_SECONDS``. Without it, the pause ends when
+        ``stop`` is set or after ``seconds``.
+        """
         if self._replied is None:
             self._stop.wait(seconds)
         elif self._replied.wait(RUNTIME_QUEUE_WAIT_SECONDS):

@@ -104,7 +104,7 @@ def test_forward_messages_full_pass_without_push(monkeypatch):
     assert not loop.is_alive()
 
 
-def test_prompt_queue_gives_up_early_on_empty_queue():
+def test_prompt_queue_empty_gives_up_early():
     # Prepare
     message_queue = PromptQueue()
     outcome = []
@@ -138,7 +138,7 @@ def test_prompt_queue_returns_items_in_order():
         message_queue.get(block=False)
 
 
-def test_prompt_runtime_swaps_and_restores_flower_loops():
+def test_prompt_runtime_swaps_then_restores():
     # Prepare
     originals = (
         vce_api.add_messages_to_queue,
@@ -169,7 +169,7 @@ def test_prompt_runtime_swaps_and_restores_flower_loops():
     ) == originals
 
 
-def test_prompt_runtime_leaves_other_flower_loops_alone(monkeypatch):
+def test_prompt_runtime_skips_other_signatures(monkeypatch):
     # Prepare: a Flower version whose reply loop takes other parameters.
     def other_loop(state, queue, f_stop, interval):
         raise AssertionError("not called here")
@@ -255,7 +255,7 @@ def test_start_ray_stops_autoscaler_monitor():
     assert not ray.is_initialized()
 
 
-def test_after_rounds_passes_run_dir_and_error(tmp_path):
+def test_after_rounds_returns_error(tmp_path):
     # Prepare
     seen = []
 
@@ -309,7 +309,7 @@ def test_stop_on_sigint_later_signal_forces(monkeypatch):
     assert stop.is_set()
 
 
-def test_run_command_modules_leave_flower_and_pandas_unimported():
+def test_run_path_skips_flower_and_pandas():
     # Prepare: the modules `metals run` imports before Ray starts, in a fresh interpreter.
     code = (
         "import sys\n"

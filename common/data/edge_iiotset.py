@@ -311,10 +311,10 @@ def _check_labels(column: pa.ChunkedArray, path: Path) -> np.ndarray:
 
 def _keep_rows(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Return the rows of a Fortran-ordered (n_rows, n_columns) matrix where ``keep`` is True."""
-    kept = empty_array((int(np.count_nonzero(keep)), values.shape[1]), order="F")
+    kept_rows = empty_array((int(np.count_nonzero(keep)), values.shape[1]), order="F")
     for position in range(values.shape[1]):
-        np.compress(keep, values[:, position], out=kept[:, position])
-    return kept
+        np.compress(keep, values[:, position], out=kept_rows[:, position])
+    return kept_rows
 
 
 def read_edge_iiotset_file(path: Path, report: LoadReport) -> pd.DataFrame:
@@ -492,9 +492,9 @@ def _drop_unused(codes: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[
     used = np.bincount(codes[codes >= 0], minlength=len(names)) > 0
     remap = np.full(len(names) + 1, -1, dtype=np.int32)
     remap[np.flatnonzero(used)] = np.arange(np.count_nonzero(used), dtype=np.int32)
-    kept = [category for category, present in zip(names, used, strict=True) if present]
+    used_names = [category for category, present in zip(names, used, strict=True) if present]
     # Code -1 (empty) indexes the trailing -1 of remap.
-    return remap[codes], kept
+    return remap[codes], used_names
 
 
 def _build_frame(
