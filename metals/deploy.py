@@ -17,6 +17,7 @@ import csv
 import datetime
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -65,13 +66,50 @@ class DeployError(RuntimeError):
 # ---------------------------------------------------------------------------
 
 
+# Ports that find_free_port returned in this process, so that no two callers get the same one.
+_RETURNED_PORTS: set[int] = set()
+# Lowest port find_free_port picks: above the ports that need privileges.
+_LOWEST_PORT = 10000
+
+
+def _ephemeral_start() -> int:
+    """Return the first port of the range the kernel gives outgoing connections.
+
+    Linux reads it from ``/proc/sys/net/ipv4/ip_local_port_range`` (32768
+    by default). Elsewhere the default of Windows and macOS, 49152, is used.
+    """
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
+
+
 def find_free_port(host: str = LOOPBACK) -> int:
     """Return a TCP port on ``host`` that is free right now.
 
-    NOTE: another process may take the port before the Flower process binds
-    it. The start-up failure then names the port in its log.
+    The port comes from below the range in which the kernel picks the local
+    ports of outgoing connections. A port the kernel hands out itself could
+    go to any process's next connection before the Flower process binds it,
+    and the Flower process then fails with "address already in use".
+
+    NOTE: another process may still bind the port first. The start-up
+    failure then names the port in its log.
     """
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    ports = range(_LOWEST_PORT, _ephemeral_start())
+    for port in random.Random().sample(ports, min(200, len(ports))):
+        if port in _RETURNED_PORTS:
+            continue
+        with socket.socket(family) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        _RETURNED_PORTS.add(port)
+        return port
+    # Every candidate was taken: let the kernel choose.
+    with socket.socket(family) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
 

@@ -21,6 +21,7 @@ from metals.deploy import (
     DeployError,
     Deployment,
     ManagedProcess,
+    _ephemeral_start,
     _split_deploy_options,
     deploy_main,
     find_free_port,
@@ -489,3 +490,13 @@ def test_interrupt_stops_every_process(tmp_path: Path, data_dir: Path) -> None:
     # Assert
     assert code == 130
     assert processes_using(run_dir) == []
+
+
+def test_free_ports_distinct_below_ephemeral() -> None:
+    # Execute: as many ports as a deployment with several SuperNodes asks for.
+    ports = [find_free_port() for _ in range(20)]
+
+    # Assert: no port twice, and none from the range of outgoing connections.
+    assert len(set(ports)) == len(ports)
+    assert max(ports) < _ephemeral_start()
+    assert min(ports) >= 1024
