@@ -372,7 +372,9 @@ def start_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
     workers it started with the job. The first client could then train
     after about 3 s, against 0.5 s here (2 actors, loaded 2-core machine).
     Ray's workers inherit this process's environment, ``PYTHONPATH``
-    included, so an installed metals imports the same in them.
+    included, so an installed metals imports the same in them. Ray starts
+    without the processes that a run on one machine never uses; see
+    :func:`metals.ray_node.lean_local_node`.
 
     Parameters
     ----------
@@ -383,13 +385,16 @@ def start_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
     """
     import ray
 
+    from metals.ray_node import lean_local_node
+
     if ray.is_initialized():
         return
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), lean_local_node(keep_log_monitor=verbose):
         if not verbose:
             # A notice about a future change of GPU visibility; runs here use no GPU.
             warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
         ray.init(**backend_config(num_cpus, verbose=verbose)["init_args"])
+    # Only needed when lean_local_node left Ray's start unchanged.
     stop_autoscaler_monitor()
 
 

@@ -18,10 +18,7 @@ from metals.simulation import (
     PushedNodes,
     forward_messages,
     prompt_runtime,
-    start_ray,
-    stop_autoscaler_monitor,
     stop_on_sigint,
-    stop_ray,
     store_replies,
 )
 
@@ -223,36 +220,6 @@ def test_store_replies_signals_each_reply():
     assert signalled
     assert state.stored == ["reply-1"]
     assert not loop.is_alive()
-
-
-@pytest.mark.slow
-def test_start_ray_stops_autoscaler_monitor():
-    # Prepare
-    import ray
-    from ray._private import ray_constants
-
-    if ray.is_initialized():
-        pytest.skip("another test left Ray running")
-
-    @ray.remote(num_cpus=1)
-    def square(value):
-        return value * value
-
-    # Execute
-    start_ray(num_cpus=1)
-    try:
-        node = ray._private.worker._global_node
-        monitors = node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, [])
-        result = ray.get(square.remote(7))
-        stop_autoscaler_monitor()  # a second call finds nothing left to stop
-    finally:
-        stop_ray()
-
-    # Assert: Ray started a monitor, it is gone, and tasks still run.
-    assert monitors
-    assert all(info.process.poll() is not None for info in monitors)
-    assert result == 49
-    assert not ray.is_initialized()
 
 
 def test_after_rounds_returns_error(tmp_path):

@@ -1,0 +1,154 @@
+"""How a simulation starts Ray: without the processes a one-machine run never uses."""
+
+import time
+
+import pytest
+import ray
+from ray._private import node as ray_node_module
+from ray._private import ray_constants
+
+import metals.ray_node as ray_node
+from metals.simulation import start_ray, stop_ray
+
+_LEFT_OUT = (
+    ray_constants.PROCESS_TYPE_MONITOR,
+    ray_constants.PROCESS_TYPE_DASHBOARD,
+    ray_constants.PROCESS_TYPE_LOG_MONITOR,
+)
+
+
+@pytest.fixture()
+def no_ray():
+    """Skip when another test left Ray running, and shut Ray down afterwards."""
+    if ray.is_initialized():
+        pytest.skip("another test left Ray running")
+    yield
+    stop_ray()
+
+
+@ray.remote(num_cpus=1)
+def _square(value):
+    return value * value
+
+
+def _node_processes():
+    return ray._private.worker._global_node.all_processes
+
+
+def test_lean_local_node_restores_methods():
+    # Prepare
+    node_class = ray_node_module.Node
+    before = {name: getattr(node_class, name) for name in ray_node._NODE_METHODS}
+
+    # Execute
+    with ray_node.lean_local_node(keep_log_monitor=True) as lean:
+        inside = {name: getattr(node_class, name) for name in ray_node._NODE_METHODS}
+    after = {name: getattr(node_class, name) for name in ray_node._NODE_METHODS}
+
+    # Assert: the installed Ray matches; the log monitor stays; all come back.
+    assert lean is True
+    assert inside["start_monitor"] is not before["start_monitor"]
+    assert inside["start_api_server"] is not before["start_api_server"]
+    assert inside["start_log_monitor"] is before["start_log_monitor"]
+    assert after == before
+
+
+def test_lean_local_node_skips_other_signatures(monkeypatch):
+    # Prepare: a Ray whose start_monitor takes another parameter.
+    def start_monitor(self, autoscaling_config=None):
+        raise AssertionError("not called here")
+
+    monkeypatch.setattr(ray_node_module.Node, "start_monitor", start_monitor)
+    original_api_server = ray_node_module.Node.start_api_server
+
+    # Execute
+    with ray_node.lean_local_node(keep_log_monitor=False) as lean:
+        inside = ray_node_module.Node.start_api_server
+
+    # Assert: nothing was replaced.
+    assert lean is False
+    assert inside is original_api_server
+    assert ray_node_module.Node.start_monitor is start_monitor
+
+
+class _SilentGcs:
+    """A GCS client stand-in that never lists a node."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def get_all_node_info(self, timeout=None):
+        self.calls += 1
+        return {}
+
+
+class _UnregisteredNode:
+    node_id = "ab" * 28
+
+    def __init__(self):
+        self.client = _SilentGcs()
+
+    def get_gcs_client(self):
+        return self.client
+
+
+def test_wait_for_registration_gives_up_after_timeout():
+    # Prepare
+    node = _UnregisteredNode()
+
+    # Execute
+    started = time.monotonic()
+    registered = ray_node.wait_for_registration(node, timeout=0.1)
+    waited = time.monotonic() - started
+
+    # Assert: it asked more than once, then gave up instead of waiting forever.
+    assert registered is False
+    assert node.client.calls > 1
+    assert waited < 5
+
+
+@pytest.mark.slow
+def test_start_ray_leaves_out_unused_processes(no_ray):
+    # Execute
+    start_ray(num_cpus=1)
+    processes = dict(_node_processes())
+    registered = ray_node.wait_for_registration(ray._private.worker._global_node, timeout=5)
+    result = ray.get(_square.remote(7))
+
+    # Assert: no monitor, dashboard server or log monitor; the node works.
+    assert [kind for kind in _LEFT_OUT if processes.get(kind)] == []
+    assert processes.get(ray_constants.PROCESS_TYPE_RAYLET)
+    assert registered is True
+    assert result == 49
+
+
+@pytest.mark.slow
+def test_start_ray_verbose_keeps_log_monitor(no_ray):
+    # Execute
+    start_ray(num_cpus=1, verbose=True)
+    processes = dict(_node_processes())
+
+    # Assert: worker output still reaches the driver in a verbose run.
+    assert processes.get(ray_constants.PROCESS_TYPE_LOG_MONITOR)
+    assert not processes.get(ray_constants.PROCESS_TYPE_MONITOR)
+
+
+@pytest.mark.slow
+def test_start_ray_unchanged_node_stops_autoscaler_monitor(no_ray, monkeypatch):
+    # Prepare: a Node with another start_monitor signature starts as usual.
+    original = ray_node_module.Node.start_monitor
+
+    def start_monitor(self, *args):
+        return original(self, *args)
+
+    monkeypatch.setattr(ray_node_module.Node, "start_monitor", start_monitor)
+
+    # Execute
+    start_ray(num_cpus=1)
+    monitors = list(_node_processes().get(ray_constants.PROCESS_TYPE_MONITOR, []))
+    result = ray.get(_square.remote(6))
+
+    # Assert: the monitor was started, then stopped, and tasks still run.
+    assert monitors
+    assert all(info.process.poll() is not None for info in monitors)
+    assert result == 36
