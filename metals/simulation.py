@@ -21,6 +21,7 @@ from metals.common.runconfig import validate_run_config
 from metals.server.checkpoint import check_run_dir, resolve_run_dir
 
 if TYPE_CHECKING:
+    from metals.ray_actor import PreStartedActors
     from metals.server.results import RoundProgress
 
 logger = logging.getLogger(__name__)
@@ -354,13 +355,40 @@ def stop_on_sigint(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _import_runtime() -> None:
-    """Import the modules a run needs besides Ray, so that they load while Ray starts."""
+def _import_runtime(actor_module_done: threading.Event) -> None:
+    """Import the modules a run needs besides Ray, so that they load while Ray starts.
+
+    The client actors' module comes first, and ``actor_module_done`` is set
+    once its import has ended, so that the main thread can start the actors
+    with it while the other imports go on.
+    """
+    try:
+        from metals.ray_actor import ClientActor  # noqa: F401
+    finally:
+        actor_module_done.set()
     import torch  # noqa: F401
     from flwr.simulation import run_simulation  # noqa: F401
 
     from metals.client.app import app  # noqa: F401
     from metals.server.app import build_server_app  # noqa: F401
+
+
+def start_client_actors() -> PreStartedActors:
+    """Start as many client actors as Ray's CPUs hold, as Flower's Ray backend would.
+
+    Flower starts its actors only when the simulation starts, after this
+    process has imported Flower's simulation and both apps. Started as soon
+    as Ray runs, the actors import torch and the ClientApp while this
+    process still imports, and the first round starts about 0.9 s earlier
+    on the 2-core machine.
+    """
+    import ray
+
+    from metals.ray_actor import PreStartedActors
+
+    resources = backend_config()["client_resources"]
+    count = int(ray.cluster_resources().get("CPU", 0) // resources["num_cpus"])
+    return PreStartedActors(count, resources)
 
 
 def start_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
@@ -493,11 +521,16 @@ def run_experiment(
     # only sets ``stop``: interrupting ray.init midway once crashed the
     # process (SIGSEGV) instead of ending the run.
     stop = threading.Event()
-    importer = threading.Thread(target=_import_runtime, name="metals-import", daemon=True)
+    actor_module_done = threading.Event()
+    importer = threading.Thread(
+        target=_import_runtime, args=(actor_module_done,), name="metals-import", daemon=True
+    )
     importer.start()
     try:
         with stop_on_sigint(stop):
             start_ray(verbose=verbose)
+            actor_module_done.wait()
+            pre_started = start_client_actors()
             importer.join()
     except KeyboardInterrupt as error:
         stop.set()
@@ -512,6 +545,7 @@ def run_experiment(
     from flwr.simulation import run_simulation
 
     from metals.client.app import app as client_app
+    from metals.ray_actor import light_client_actors
     from metals.server.app import build_server_app
     from metals.simulation_grid import interruptible_server_app
 
@@ -544,7 +578,11 @@ def run_experiment(
         replied=replied,
     )
     try:
-        with stop_on_sigint(stop), prompt_runtime(pushed, replied):
+        with (
+            stop_on_sigint(stop),
+            prompt_runtime(pushed, replied),
+            light_client_actors(pre_started),
+        ):
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,

@@ -1,13 +1,16 @@
-"""How a simulation starts Ray: without the processes a one-machine run never uses."""
+"""How a simulation starts Ray and its client actors: fewer processes, warm actors."""
 
 import time
 
 import pytest
 import ray
+from flwr.clientapp.client_app import ClientAppException
+from flwr.server.superlink.fleet.vce.backend import raybackend
 from ray._private import node as ray_node_module
 from ray._private import ray_constants
 
 import metals.ray_node as ray_node
+from metals.ray_actor import ClientActor, PreStartedActors, light_client_actors
 from metals.simulation import start_ray, stop_ray
 
 _LEFT_OUT = (
@@ -152,3 +155,102 @@ def test_start_ray_unchanged_node_stops_autoscaler_monitor(no_ray, monkeypatch):
     assert monitors
     assert all(info.process.poll() is not None for info in monitors)
     assert result == 36
+
+
+def test_light_client_actors_swaps_then_restores():
+    # Prepare: no actors to start, so no Ray is needed.
+    original = raybackend.ClientAppActor
+    pre_started = PreStartedActors(0, {"num_cpus": 1})
+
+    # Execute
+    with light_client_actors() as plain:
+        plain_inside = raybackend.ClientAppActor
+    with light_client_actors(pre_started) as warm:
+        warm_inside = raybackend.ClientAppActor
+
+    # Assert
+    assert plain is True
+    assert warm is True
+    assert plain_inside is ClientActor
+    assert warm_inside is pre_started
+    assert raybackend.ClientAppActor is original
+
+
+def test_light_client_actors_skips_other_methods(monkeypatch):
+    # Prepare: a Flower actor whose run takes another argument.
+    @ray.remote
+    class OtherActor:
+        def run(self, client_app_fn, message, cid, context, timeout):
+            return cid, message, context
+
+        def terminate(self):
+            pass
+
+    monkeypatch.setattr(raybackend, "ClientAppActor", OtherActor)
+
+    # Execute
+    with light_client_actors() as light:
+        inside = raybackend.ClientAppActor
+
+    # Assert
+    assert light is False
+    assert inside is OtherActor
+
+
+@pytest.mark.slow
+def test_pre_started_actor_skips_flower_simulation(no_ray):
+    # Prepare
+    start_ray(num_cpus=2)
+    pre_started = PreStartedActors(1, {"num_cpus": 1})
+
+    def loaded(actor_self):
+        import sys
+
+        return {name: name in sys.modules for name in ("torch", "flwr.simulation")}
+
+    # Execute
+    actor = pre_started.options(num_cpus=1).remote()
+    modules = ray.get(actor.__ray_call__.remote(loaded), timeout=120)
+
+    # Assert: the warm-up loaded torch; Flower's simulation stayed out.
+    assert modules == {"torch": True, "flwr.simulation": False}
+    assert len(pre_started) == 0
+
+
+@pytest.mark.slow
+def test_pre_started_actors_freed_for_other_request(no_ray):
+    # Prepare: both CPUs held by pre-started actors.
+    start_ray(num_cpus=2)
+    pre_started = PreStartedActors(2, {"num_cpus": 1}, modules=())
+
+    # Execute: an actor that needs both CPUs.
+    actor = pre_started.options(num_cpus=2).remote()
+    ready = ray.get(actor.__ray_ready__.remote(), timeout=60)
+
+    # Assert: the idle actors were stopped, so the new one could start.
+    assert ready is True
+    assert len(pre_started) == 0
+
+
+@pytest.mark.slow
+def test_client_actor_runs_app_and_wraps_its_errors(no_ray):
+    # Prepare
+    start_ray(num_cpus=1)
+    actor = ClientActor.options(num_cpus=1).remote()
+
+    class EchoApp:
+        def __call__(self, message, context):
+            return f"reply to {message}"
+
+    class BrokenApp:
+        def __call__(self, message, context):
+            raise KeyError("no pool file")
+
+    # Execute
+    reply = ray.get(actor.run.remote(EchoApp, "train", "7", "context"), timeout=60)
+    with pytest.raises(ClientAppException) as raised:
+        ray.get(actor.run.remote(BrokenApp, "train", "8", "context"), timeout=60)
+
+    # Assert
+    assert reply == ("7", "reply to train", "context")
+    assert "no pool file" in str(raised.value)

@@ -1,0 +1,221 @@
+"""The Ray actors that run the ClientApp in a metals simulation.
+
+A Ray worker imports the module of the actor class it hosts. Flower's own
+class lives in ``flwr.simulation.ray_transport.ray_actor``, and importing it
+imports all of ``flwr.simulation``: the simulation runtime, the link state
+with SQLAlchemy and Alembic, and Flower's CLI with FastAPI. That took each
+actor about 0.6 s of CPU on the 2-core machine before its first client, and
+none of it runs in an actor. :class:`ClientActor` does the same work from
+this module, which imports only Ray and Flower's message and ClientApp
+types.
+
+:class:`PreStartedActors` starts the actors as soon as Ray runs, so they
+import torch and the ClientApp while the driver still imports its own
+modules. :func:`light_client_actors` lets the simulation runtime use both.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import ray
+from flwr.app import Context, Message
+from flwr.clientapp.client_app import ClientApp, ClientAppException, LoadClientAppError
+
+logger = logging.getLogger(__name__)
+
+# Modules a client actor imports before its first message: the ClientApp,
+# with torch and the data code. Together about 1.3 s of CPU on the 2-core
+# machine.
+WARM_UP_MODULES = ("metals.client.app",)
+
+
+class _ClientActor:
+    """Run one client's message through the ClientApp, as Flower's ClientAppActor does.
+
+    Parameters
+    ----------
+    on_actor_init_fn : Callable[[], None] | None, default=None
+        Called once when the actor starts.
+    """
+
+    def __init__(self, on_actor_init_fn: Callable[[], None] | None = None) -> None:
+        if on_actor_init_fn is not None:
+            on_actor_init_fn()
+
+    def run(
+        self,
+        client_app_fn: Callable[[], ClientApp],
+        message: Message,
+        cid: str,
+        context: Context,
+    ) -> tuple[str, Message, Context]:
+        """Return ``cid``, the ClientApp's reply to ``message`` and the updated ``context``.
+
+        Raises
+        ------
+        LoadClientAppError
+            When ``client_app_fn`` cannot load the ClientApp.
+        ClientAppException
+            When the ClientApp raised; the original error is its cause.
+        """
+        try:
+            app = client_app_fn()
+            reply = app(message=message, context=context)
+        except LoadClientAppError:
+            raise
+        except Exception as error:
+            raise ClientAppException(str(error)) from error
+        return cid, reply, context
+
+    def terminate(self) -> None:
+        """End this actor's process."""
+        logger.debug("client actor ends on request")
+        ray.actor.exit_actor()
+
+    def warm_up(self, modules: Sequence[str]) -> None:
+        """Import ``modules`` now, before the first message needs them."""
+        for name in modules:
+            importlib.import_module(name)
+
+
+ClientActor = ray.remote(_ClientActor)
+
+
+class _ActorRequest:
+    """The result of ``PreStartedActors.options``: its ``remote`` starts or hands out an actor."""
+
+    def __init__(self, actors: PreStartedActors, resources: dict[str, Any]) -> None:
+        self._actors = actors
+        self._resources = resources
+
+    def remote(self, **kwargs: Any) -> Any:
+        """Return a handle of a running :class:`ClientActor`."""
+        return self._actors.take(self._resources, kwargs)
+
+
+class PreStartedActors:
+    """Client actors started and warmed up before the simulation runtime needs them.
+
+    It takes the place of Flower's actor class in the Ray backend, which starts
+    each actor with ``options(**resources).remote(**kwargs)``. A request with
+    the resources given here and no arguments gets one of these actors. Any
+    other request gets a new :class:`ClientActor`. The unused pre-started
+    actors are stopped first, so that their CPUs are free for it.
+
+    Parameters
+    ----------
+    count : int
+        Actors to start now.
+    resources : Mapping[str, Any]
+        Ray resources of each actor, as the backend config's ``client_resources``.
+    modules : Sequence[str], default=WARM_UP_MODULES
+        Modules each actor imports at once.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        resources: Mapping[str, Any],
+        modules: Sequence[str] = WARM_UP_MODULES,
+    ) -> None:
+        self._resources = dict(resources)
+        self._lock = threading.Lock()
+        self._idle: deque[Any] = deque()
+        for _ in range(count):
+            actor = ClientActor.options(**self._resources).remote()
+            # A failed import fails the actor's first message again, with the
+            # ClientApp's error handling, so the warm-up's result is not read.
+            actor.warm_up.remote(list(modules))
+            self._idle.append(actor)
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def options(self, **resources: Any) -> _ActorRequest:
+        """Return a request for one actor with ``resources``."""
+        return _ActorRequest(self, resources)
+
+    def take(self, resources: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Any:
+        """Hand out a pre-started actor that fits the request, or start a new one."""
+        with self._lock:
+            if dict(resources) == self._resources and not kwargs and self._idle:
+                return self._idle.popleft()
+        self.release()
+        return ClientActor.options(**resources).remote(**kwargs)
+
+    def release(self) -> None:
+        """Stop the pre-started actors that were not handed out."""
+        with self._lock:
+            unused, self._idle = list(self._idle), deque()
+        if not ray.is_initialized():
+            return  # Ray's shutdown stopped them
+        for actor in unused:
+            ray.kill(actor)
+
+
+def _method_parameters(actor_class: Any) -> dict[str, list[str]] | None:
+    """Map each public method of a Ray actor class to its parameter names."""
+    wrapped = getattr(actor_class, "__ray_actor_class__", None)
+    if wrapped is None:
+        return None
+    methods = {
+        name: list(inspect.signature(member).parameters)
+        for name, member in inspect.getmembers(wrapped, inspect.isfunction)
+        if not name.startswith("_")
+    }
+    methods["__init__"] = list(inspect.signature(wrapped.__init__).parameters)
+    return methods
+
+
+def _same_methods(flower_class: Any) -> bool:
+    """Tell whether :class:`ClientActor` has every method of ``flower_class``, alike."""
+    theirs = _method_parameters(flower_class)
+    ours = _method_parameters(ClientActor)
+    if theirs is None or ours is None:
+        return False
+    return all(ours.get(name) == parameters for name, parameters in theirs.items())
+
+
+@contextmanager
+def light_client_actors(pre_started: PreStartedActors | None = None) -> Iterator[bool]:
+    """Let Flower's Ray backend use :class:`ClientActor` instead of its own actor class.
+
+    The swap applies to the backends built inside the block. When the
+    installed Flower's actor class has methods that :class:`ClientActor`
+    lacks or has alike, nothing changes and the block yields False.
+
+    Parameters
+    ----------
+    pre_started : PreStartedActors | None, default=None
+        Actors for the backend to take first. The ones it did not take are
+        stopped when the block ends.
+
+    Yields
+    ------
+    bool
+        True when the backend uses :class:`ClientActor`.
+    """
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    original = getattr(raybackend, "ClientAppActor", None)
+    if original is None or not _same_methods(original):
+        logger.debug("Flower's client actor has other methods here, so it stays unchanged")
+        if pre_started is not None:
+            pre_started.release()
+        yield False
+        return
+    raybackend.ClientAppActor = pre_started if pre_started is not None else ClientActor
+    try:
+        yield True
+    finally:
+        raybackend.ClientAppActor = original
+        if pre_started is not None:
+            pre_started.release()
