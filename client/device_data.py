@@ -15,14 +15,18 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from metals.common.data import ClientPartition, DataError, Preprocessor
 from metals.common.data.partition import split_client_pools
 from metals.common.inference import traffic_layout
 from metals.common.traffic import BadRecord, inspect_columns, iter_traffic_chunks
+
+if TYPE_CHECKING:
+    # Imported where it is used; see metals.common.data.
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 

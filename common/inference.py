@@ -17,10 +17,9 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import pandas as pd
 import torch
 
 from metals.common.data.preprocess import Preprocessor
@@ -34,6 +33,10 @@ from metals.common.traffic import (
     inspect_columns,
     iter_traffic_chunks,
 )
+
+if TYPE_CHECKING:
+    # Imported where it is used; see metals.common.data.
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -484,6 +487,8 @@ def unseen_categories(
         Per column with such values: the number of records and the distinct
         unseen values in order of first appearance. Columns without any are left out.
     """
+    import pandas as pd
+
     counts: dict[str, tuple[int, list[str]]] = {}
     categories = preprocessor.categories_ or {}
     for column in preprocessor.categorical:

@@ -18,13 +18,16 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pacompute
 import pyarrow.csv as pacsv
+
+if TYPE_CHECKING:
+    # Imported where it is used; see metals.common.data.
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -690,6 +693,8 @@ def _trimmed_dictionary(array: pa.DictionaryArray) -> pa.DictionaryArray:
 
 def _spell_numbers(values: pd.Series) -> pd.Series:
     """Rewrite the numeric strings of a text column as ``str(float(value))``."""
+    import pandas as pd
+
     distinct = pd.Series(pd.unique(values.dropna()), dtype=object)
     as_number = pd.to_numeric(distinct, errors="coerce")
     spelled = distinct.where(as_number.isna(), as_number.astype(str))
@@ -700,6 +705,8 @@ def _coerce_numeric(
     frame: pd.DataFrame, numeric: list[str], *, booleans: bool
 ) -> tuple[pd.DataFrame, dict[int, str]]:
     """Convert text columns to float64, returning the rows whose values are not numbers."""
+    import pandas as pd
+
     invalid: dict[int, str] = {}
     for name in numeric:
         original = frame[name]

@@ -206,14 +206,14 @@ def test_pre_started_actor_skips_flower_simulation(no_ray):
     def loaded(actor_self):
         import sys
 
-        return {name: name in sys.modules for name in ("torch", "flwr.simulation")}
+        return {name: name in sys.modules for name in ("torch", "flwr.simulation", "pandas")}
 
     # Execute
     actor = pre_started.options(num_cpus=1).remote()
     modules = ray.get(actor.__ray_call__.remote(loaded), timeout=120)
 
-    # Assert: the warm-up loaded torch; Flower's simulation stayed out.
-    assert modules == {"torch": True, "flwr.simulation": False}
+    # Assert: the warm-up loaded torch; Flower's simulation and pandas stayed out.
+    assert modules == {"torch": True, "flwr.simulation": False, "pandas": False}
     assert len(pre_started) == 0
 
 

@@ -6,9 +6,9 @@ import csv
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -22,6 +22,10 @@ from metals.common.data.table import (
     check_label_names,
     empty_columns_error,
 )
+
+if TYPE_CHECKING:
+    # Imported where it is used; see metals.common.data.
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +257,8 @@ def _fill_numeric(column: pa.ChunkedArray, out: np.ndarray) -> np.ndarray | None
     Empty values become NaN and are not text. A value that is not a number
     becomes NaN and is True in the returned mask. ``None`` means no text.
     """
+    import pandas as pd
+
     try:
         numbers = pc.cast(column, pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -293,6 +299,8 @@ def _text_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
 
 def _spell(values: list[str]) -> list[str]:
     """Return trimmed values with numbers in one spelling (``0`` and ``0.0`` alike)."""
+    import pandas as pd
+
     trimmed = pc.utf8_trim_whitespace(pa.array(values, pa.string())).to_pylist()
     trimmed = pd.Series(trimmed, dtype="object")
     as_number = pd.to_numeric(trimmed, errors="coerce").astype("float64")
@@ -515,6 +523,8 @@ def _build_frame(
     label_codes : numpy.ndarray
         Position of each row's attack type in ``CLASSES_15``, shape (n_rows,).
     """
+    import pandas as pd
+
     frame = pd.DataFrame(numbers, columns=list(NUMERIC), copy=False)
     for name, (codes, names) in categorical.items():
         frame[name] = pd.Categorical.from_codes(codes, categories=names)
@@ -537,6 +547,8 @@ def load_edge_iiotset(data_dir: Path, labels: str = "default") -> RawTable:
     RawTable
         All rows as training rows; the global test set is split off later.
     """
+    import pandas as pd
+
     label_map, class_names = label_mapping(labels)
     report = LoadReport()
     frames = [read_edge_iiotset_file(path, report) for path in input_files(data_dir)]

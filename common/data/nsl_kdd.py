@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from metals.common.data.errors import DataError
 from metals.common.data.paths import find_file
@@ -18,6 +17,10 @@ from metals.common.data.table import (
     check_short_rows,
     parse_numeric,
 )
+
+if TYPE_CHECKING:
+    # Imported where it is used; see metals.common.data.
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +142,8 @@ def read_nsl_kdd_file(path: Path, report: LoadReport) -> pd.DataFrame:
         On an empty file, a wrong number of fields, a non-numeric value in a
         numeric column, an all-empty column or an unknown attack name.
     """
+    import pandas as pd
+
     header = _has_header(path)
     skip = 1 if header else 0
     with path.open("r", encoding="utf-8-sig", errors="replace") as handle:

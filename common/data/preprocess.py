@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from metals.common.data.blocks import empty_array, map_blocks
 from metals.common.data.errors import DataError
 from metals.common.data.table import LABEL
+
+if TYPE_CHECKING:
+    # Imported where it is used; see metals.common.data.
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +262,8 @@ class Preprocessor:
 
     def encode_labels(self, labels: pd.Series) -> np.ndarray:
         """Return class indices, int64 shape (n_rows,), for fine-grained labels."""
+        import pandas as pd
+
         index = {name: position for position, name in enumerate(self.class_names)}
         codes = {fine: index[coarse] for fine, coarse in self.label_map.items()}
         if isinstance(labels.dtype, pd.CategoricalDtype):
@@ -365,6 +371,8 @@ class Preprocessor:
 
 def _distinct_strings(values: pd.Series, rows: np.ndarray | None = None) -> list[str]:
     """Return the distinct values of a column, or of its ``rows``, as strings."""
+    import pandas as pd
+
     if isinstance(values.dtype, pd.CategoricalDtype):
         codes = values.cat.codes.to_numpy()
         if rows is not None:
@@ -418,6 +426,8 @@ def _category_lookup(values: pd.Series, categories: list[str]) -> tuple[np.ndarr
     lookup : numpy.ndarray
         int64, indexed by ``row_codes``.
     """
+    import pandas as pd
+
     known = pd.Index(categories)
     if isinstance(values.dtype, pd.CategoricalDtype):
         # Code -1 (empty) indexes the trailing -1.

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from metals.common.data.blocks import map_blocks
 from metals.common.data.errors import DataError
+
+if TYPE_CHECKING:
+    # Imported where it is used; see metals.common.data.
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ def row_hashes(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     every core. float64 columns are read from one (n_rows, n_columns) array,
     which is a view, not a copy, when they form one block of the frame.
     """
+    import pandas as pd
+
     hashes = np.empty(len(frame), dtype=np.uint64)
     floats = [column for column in columns if frame[column].dtype == np.float64]
     others = [column for column in columns if column not in floats]

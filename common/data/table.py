@@ -6,11 +6,15 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from metals.common.data.errors import DataError
+
+if TYPE_CHECKING:
+    # Imported where it is used; see metals.common.data.
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +108,8 @@ def check_label_names(labels: pd.Series, known: Mapping[str, object], path: Path
     DataError
         Naming the unknown labels, the file and the known names.
     """
+    import pandas as pd
+
     present = pd.unique(labels.astype(str))
     unknown = sorted(str(name) for name in present if name not in known)
     if unknown:
@@ -174,6 +180,8 @@ def parse_numeric(
     DataError
         In strict mode, naming the file, line, column and value.
     """
+    import pandas as pd
+
     bad_rows = np.zeros(len(frame), dtype=bool)
     for column in columns:
         values = frame[column]

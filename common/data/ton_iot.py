@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from metals.common.data.errors import DataError
 from metals.common.data.table import (
@@ -19,6 +19,10 @@ from metals.common.data.table import (
     check_short_rows,
     parse_numeric,
 )
+
+if TYPE_CHECKING:
+    # Imported where it is used; see metals.common.data.
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +150,8 @@ def read_device_file(path: Path, device: str, report: LoadReport) -> pd.DataFram
         On an empty file, missing columns, a truncated line, an empty column
         or an unknown attack type.
     """
+    import pandas as pd
+
     numeric, categorical = DEVICES[device]
     try:
         frame = pd.read_csv(
@@ -220,6 +226,8 @@ def load_ton_iot(data_dir: Path, labels: str = "default") -> RawTable:
     RawTable
         All rows as training rows; the global test set is split off later.
     """
+    import pandas as pd
+
     label_map, class_names = label_mapping(labels)
     report = LoadReport()
     frames = []
