@@ -16,6 +16,7 @@ modules. :func:`light_client_actors` lets the simulation runtime use both.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -80,13 +81,15 @@ class _ClientActor:
         logger.debug("client actor ends on request")
         ray.actor.exit_actor()
 
-    def warm_up(self, modules: Sequence[str]) -> None:
-        """Import ``modules`` now, before the first message needs them."""
-        for name in modules:
-            importlib.import_module(name)
 
 
 ClientActor = ray.remote(_ClientActor)
+
+
+def import_modules(modules: Sequence[str]) -> None:
+    """Import ``modules``: the warm-up of a pre-started actor, run in its constructor."""
+    for name in modules:
+        importlib.import_module(name)
 
 
 class _ActorRequest:
@@ -129,12 +132,12 @@ class PreStartedActors:
         self._resources = dict(resources)
         self._lock = threading.Lock()
         self._idle: deque[Any] = deque()
+        # The warm-up runs in the constructor, so it starts without a round
+        # trip to the driver, and the first message waits for it. A failed
+        # import fails the actor; Flower then reports the failed message.
+        warm_up = functools.partial(import_modules, tuple(modules))
         for _ in range(count):
-            actor = ClientActor.options(**self._resources).remote()
-            # A failed import fails the actor's first message again, with the
-            # ClientApp's error handling, so the warm-up's result is not read.
-            actor.warm_up.remote(list(modules))
-            self._idle.append(actor)
+            self._idle.append(ClientActor.options(**self._resources).remote(warm_up))
 
     def __len__(self) -> int:
         return len(self._idle)
