@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pacompute
-import pyarrow.csv as pacsv
 
 if TYPE_CHECKING:
-    # Imported where it is used; see metals.common.data.
+    # Imported where they are used; see metals.common.data.
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +34,6 @@ NEWLINE = 10
 MIN_READ_BYTES = 1 << 20
 #: Lines of a file without a header row whose values are checked against a column order.
 SAMPLED_LINES = 20
-#: Arrow type of the text columns: the distinct values once, int32 codes per record.
-TEXT_TYPE = pa.dictionary(pa.int32(), pa.string())
 
 
 class TrafficFileError(ValueError):
@@ -547,6 +544,9 @@ def _parse_block(
     path: Path,
 ) -> TrafficChunk:
     """Parse one chunk of ``n_lines`` whole lines into a :class:`TrafficChunk`."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
     # Rows with the wrong number of fields are skipped by pyarrow and located by their text.
     wrong_width: list[str] = []
 
@@ -557,7 +557,8 @@ def _parse_block(
     numeric = [name for name in columns.read if name in layout.numeric]
     # Text columns arrive dictionary-encoded and become pandas categoricals, so
     # the preprocessing looks up each distinct value once, not once per record.
-    text = {name: TEXT_TYPE for name in columns.read if name not in layout.numeric}
+    text_type = pa.dictionary(pa.int32(), pa.string())
+    text = {name: text_type for name in columns.read if name not in layout.numeric}
     # One parsing thread: a caller such as metals detect runs the encoding and the
     # forward pass on the other cores, and pyarrow's own threads would compete with them.
     read_options = pacsv.ReadOptions(column_names=list(columns.names), use_threads=False)
@@ -667,6 +668,9 @@ def _match_lines(
 
 def _trimmed(table: pa.Table) -> pa.Table:
     """Strip leading and trailing spaces from every text column, as training does."""
+    import pyarrow as pa
+    import pyarrow.compute as pacompute
+
     for position, column in enumerate(table.columns):
         if pa.types.is_string(column.type):
             trimmed = pacompute.utf8_trim_whitespace(column)
@@ -682,6 +686,9 @@ def _trimmed(table: pa.Table) -> pa.Table:
 
 def _trimmed_dictionary(array: pa.DictionaryArray) -> pa.DictionaryArray:
     """Strip spaces from the distinct values of ``array``, merging values that become equal."""
+    import pyarrow as pa
+    import pyarrow.compute as pacompute
+
     dictionary = pacompute.utf8_trim_whitespace(array.dictionary)
     if dictionary.equals(array.dictionary):
         return array

@@ -1,8 +1,10 @@
 """Dataset loaders, preprocessing, splits, client partitions and the prepared-array cache.
 
-The modules that read or clean tables import pandas inside the functions
-that use it. A simulated client only reads the cached arrays, so its
-process never loads pandas, which took about 0.3 s of CPU in each one.
+The modules that read or clean tables import pandas and pyarrow inside the
+functions that use them. A client that only reads the cached arrays loads
+neither: about 0.3 s of CPU less in each Ray actor of a simulation (Ray
+loads pyarrow there itself) and 0.45 s less in each ClientApp process of a
+deployment.
 """
 
 from metals.common.data.errors import DataError

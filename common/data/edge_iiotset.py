@@ -9,9 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from metals.common.data.blocks import empty_array, map_blocks
 from metals.common.data.errors import DataError
@@ -24,8 +21,10 @@ from metals.common.data.table import (
 )
 
 if TYPE_CHECKING:
-    # Imported where it is used; see metals.common.data.
+    # Imported where they are used; see metals.common.data.
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
 
 logger = logging.getLogger(__name__)
 
@@ -192,14 +191,23 @@ _BLOCK_BYTES = 1 << 21
 # pyarrow's message when a value does not convert to the requested column type.
 _CONVERSION_ERROR = "CSV conversion error"
 _READ_COLUMNS = [name for name in COLUMNS if name not in NOT_READ]
-_TEXT = pa.dictionary(pa.int32(), pa.string())
-# The fast read converts numbers while it parses the file. A file with text
-# in a numeric column (shifted or mixed-type rows) is read again as text.
-_TYPED_COLUMNS = {
-    name: (_TEXT if name in CATEGORICAL or name == ATTACK_TYPE else pa.float64())
-    for name in _READ_COLUMNS
-}
-_TEXT_COLUMNS = dict.fromkeys(_READ_COLUMNS, pa.string())
+
+
+def _column_types(*, as_text: bool) -> dict[str, pa.DataType]:
+    """Return the Arrow type of each read column: numbers as float64, or all as text.
+
+    The fast read converts numbers while it parses the file. A file with text
+    in a numeric column (shifted or mixed-type rows) is read again as text.
+    """
+    import pyarrow as pa
+
+    if as_text:
+        return dict.fromkeys(_READ_COLUMNS, pa.string())
+    text = pa.dictionary(pa.int32(), pa.string())
+    return {
+        name: (text if name in CATEGORICAL or name == ATTACK_TYPE else pa.float64())
+        for name in _READ_COLUMNS
+    }
 
 
 def _read_table(
@@ -214,6 +222,8 @@ def _read_table(
     DataError
         If the file cannot be parsed as CSV.
     """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
 
     def skip_malformed(row: pacsv.InvalidRow) -> str:
         malformed.append((row.number, row.text))
@@ -240,15 +250,17 @@ def _read_table(
 
 def _read_columns(path: Path, malformed: list[tuple[int | None, str]]) -> pa.Table:
     """Read with numeric columns as float64, or every column as text if that fails."""
+    import pyarrow as pa
+
     # NOTE: a file with any shifted row (the raw MITM capture has 382) pays for
     # both reads. The benchmark's generated file has none, so it times only the
     # float64 read.
     try:
-        return _read_table(path, _TYPED_COLUMNS, malformed)
+        return _read_table(path, _column_types(as_text=False), malformed)
     except pa.ArrowInvalid as error:
         logger.info("%s: reading every column as text (%s)", path, error)
     malformed.clear()
-    return _read_table(path, _TEXT_COLUMNS, malformed)
+    return _read_table(path, _column_types(as_text=True), malformed)
 
 
 def _fill_numeric(column: pa.ChunkedArray, out: np.ndarray) -> np.ndarray | None:
@@ -258,6 +270,8 @@ def _fill_numeric(column: pa.ChunkedArray, out: np.ndarray) -> np.ndarray | None
     becomes NaN and is True in the returned mask. ``None`` means no text.
     """
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     try:
         numbers = pc.cast(column, pa.float64())
@@ -277,6 +291,8 @@ def _text_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
     The trimming and the number spelling (``0`` and ``0.0`` alike) run once
     per distinct value of the chunks' dictionaries, not once per row.
     """
+    import pyarrow as pa
+
     chunks = [
         chunk if pa.types.is_dictionary(chunk.type) else chunk.dictionary_encode()
         for chunk in column.chunks
@@ -300,6 +316,8 @@ def _text_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
 def _spell(values: list[str]) -> list[str]:
     """Return trimmed values with numbers in one spelling (``0`` and ``0.0`` alike)."""
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     trimmed = pc.utf8_trim_whitespace(pa.array(values, pa.string())).to_pylist()
     trimmed = pd.Series(trimmed, dtype="object")
@@ -450,6 +468,8 @@ def _fill_matrix(table: pa.Table, names: list[str]) -> tuple[np.ndarray, list[np
 
 def _text_mask(column: pa.ChunkedArray) -> np.ndarray | None:
     """Return the text mask of a column whose values are not kept, see :func:`_fill_numeric`."""
+    import pyarrow as pa
+
     if column.type == pa.float64():
         return None
     return _fill_numeric(column, np.empty(len(column)))
