@@ -9,12 +9,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
+from metals.common.arrays import array_values
 from metals.server.node_registry import NodeRegistry
 from metals.server.sampling import connected_nodes, sample_node_ids
 
@@ -36,6 +37,35 @@ REQUIRED_TRAIN_METRICS = (
 
 class RoundFailedError(RuntimeError):
     """A round ended with fewer valid client replies than the run config requires."""
+
+
+def weighted_average(contents: list[RecordDict], weight_key: str) -> ArrayRecord:
+    """Average the ArrayRecords of ``contents``, each weighted by its metric ``weight_key``.
+
+    The sums run in the order of ``contents`` and in the same float
+    operations as Flower's ``aggregate_arrayrecords``, so the result is the
+    same to the bit. The values are read with :func:`array_values`.
+
+    Parameters
+    ----------
+    contents : list[RecordDict]
+        Reply contents that each hold one ArrayRecord and one MetricRecord.
+    weight_key : str
+        Metric that weighs each reply, such as ``num-examples``.
+    """
+    weights = [float(next(iter(c.metric_records.values()))[weight_key]) for c in contents]
+    total = sum(weights)
+    sums: dict[str, np.ndarray] = {}
+    for content, weight in zip(contents, weights, strict=True):
+        factor = weight / total
+        for record in content.array_records.values():
+            for key, array in record.items():
+                scaled = array_values(array) * factor
+                if key in sums:
+                    sums[key] += scaled
+                else:
+                    sums[key] = scaled
+    return ArrayRecord({key: Array(np.asarray(value)) for key, value in sums.items()})
 
 
 def reply_problem(msg: Message, reference: ArrayRecord) -> str | None:
@@ -75,7 +105,7 @@ def reply_problem(msg: Message, reference: ArrayRecord) -> str | None:
                 f"weights '{key}' have shape {tuple(received.shape)}, "
                 f"expected {tuple(expected.shape)}"
             )
-        if not np.all(np.isfinite(received.numpy())):
+        if not np.all(np.isfinite(array_values(received))):
             return f"weights '{key}' contain NaN or Inf"
     return None
 
@@ -247,7 +277,11 @@ class ReplyCheckMixin:
             msg.metadata.src_node_id: dict(next(iter(msg.content.metric_records.values())))
             for msg in valid
         }
-        return super().aggregate_train(server_round, valid)  # type: ignore[misc]
+        # reply_problem has checked what Flower's aggregate_train checks, so
+        # the replies are averaged here, reading each array once.
+        contents = [msg.content for msg in valid]
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)  # type: ignore[attr-defined]
+        return weighted_average(contents, self.weighted_by_key), metrics  # type: ignore[attr-defined]
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -9,6 +9,7 @@ from metals.server.strategy import (
     RoundFailedError,
     build_strategy,
     reply_problem,
+    weighted_average,
 )
 
 REFERENCE = ArrayRecord(
@@ -99,6 +100,36 @@ def test_aggregate_leaves_out_bad_replies_and_logs_node(caplog):
     assert sorted(strategy.client_metrics) == [1, 2]
     assert "node 3" in caplog.text
     assert "node 4" in caplog.text
+
+
+def test_weighted_average_same_bits_as_flower():
+    # Prepare: uneven weights and values that round differently in float32.
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    generator = np.random.default_rng(3)
+    contents = [
+        RecordDict(
+            {
+                "arrays": ArrayRecord(
+                    {
+                        "w": Array(generator.standard_normal((4, 5)).astype(np.float32)),
+                        "b": Array(generator.standard_normal(4).astype(np.float32)),
+                    }
+                ),
+                "metrics": _metrics(num_examples),
+            }
+        )
+        for num_examples in (7, 130, 1, 42)
+    ]
+
+    # Execute
+    ours = weighted_average(contents, "num-examples")
+    flowers = aggregate_arrayrecords(contents, "num-examples")
+
+    # Assert
+    assert list(ours.keys()) == list(flowers.keys())
+    for key in flowers:
+        assert ours[key].numpy().tobytes() == flowers[key].numpy().tobytes()
 
 
 def test_aggregate_logs_missing_reply_as_timeout(caplog):
