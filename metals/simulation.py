@@ -581,13 +581,17 @@ def run_experiment(
         with (
             stop_on_sigint(stop),
             prompt_runtime(pushed, replied),
-            light_client_actors(pre_started),
+            light_client_actors(pre_started) as light,
         ):
+            backend = backend_config(verbose=verbose)
+            if light:
+                # Two places in Flower's pool per actor: see PreStartedActors.
+                backend["client_resources"] = pre_started.slot_resources
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=int(config["num-clients"]),
-                backend_config=backend_config(verbose=verbose),
+                backend_config=backend,
                 verbose_logging=verbose,
             )
     except KeyboardInterrupt as error:

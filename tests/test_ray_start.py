@@ -209,12 +209,65 @@ def test_pre_started_actor_skips_flower_simulation(no_ray):
         return {name: name in sys.modules for name in ("torch", "flwr.simulation", "pandas")}
 
     # Execute
-    actor = pre_started.options(num_cpus=1).remote()
+    actor = pre_started.options(**pre_started.slot_resources).remote()
     modules = ray.get(actor.__ray_call__.remote(loaded), timeout=120)
 
     # Assert: the warm-up loaded torch; Flower's simulation and pandas stayed out.
     assert modules == {"torch": True, "flwr.simulation": False, "pandas": False}
+    assert len(pre_started) == 1
+
+
+def test_pre_started_slot_resources_split_cpus():
+    # Prepare: no actors to start, so no Ray is needed.
+    pre_started = PreStartedActors(0, {"num_cpus": 1, "num_gpus": 0.0}, slots=2)
+
+    # Assert: Flower sizes its pool at two places per CPU.
+    assert pre_started.slot_resources == {"num_cpus": 0.5, "num_gpus": 0.0}
     assert len(pre_started) == 0
+
+
+@pytest.mark.slow
+def test_pre_started_places_go_round_actors(no_ray):
+    # Prepare
+    start_ray(num_cpus=2)
+    pre_started = PreStartedActors(2, {"num_cpus": 1}, modules=(), slots=2)
+    request = pre_started.slot_resources
+
+    # Execute: four places, and a message on each.
+    places = [pre_started.options(**request).remote() for _ in range(4)]
+    replies = ray.get(
+        [
+            place.run.remote(_echo_app(), f"m{number}", str(number), "c")
+            for number, place in enumerate(places)
+        ],
+        timeout=120,
+    )
+
+    # Assert: two actors, each holding two places, ran all four messages.
+    assert places[0] is places[2]
+    assert places[1] is places[3]
+    assert places[0] is not places[1]
+    assert [reply[1] for reply in replies] == [
+        "reply to m0",
+        "reply to m1",
+        "reply to m2",
+        "reply to m3",
+    ]
+    assert len(pre_started) == 0
+
+
+def _echo_app():
+    """Return a ClientApp stand-in class that answers every message.
+
+    A class defined in a function travels to Ray's workers by value; one at
+    module level would have to be importable there.
+    """
+
+    class Echo:
+        def __call__(self, message, context):
+            return f"reply to {message}"
+
+    return Echo
 
 
 @pytest.mark.slow
@@ -238,16 +291,12 @@ def test_client_actor_runs_app_and_wraps_its_errors(no_ray):
     start_ray(num_cpus=1)
     actor = ClientActor.options(num_cpus=1).remote()
 
-    class EchoApp:
-        def __call__(self, message, context):
-            return f"reply to {message}"
-
     class BrokenApp:
         def __call__(self, message, context):
             raise KeyError("no pool file")
 
     # Execute
-    reply = ray.get(actor.run.remote(EchoApp, "train", "7", "context"), timeout=60)
+    reply = ray.get(actor.run.remote(_echo_app(), "train", "7", "context"), timeout=60)
     with pytest.raises(ClientAppException) as raised:
         ray.get(actor.run.remote(BrokenApp, "train", "8", "context"), timeout=60)
 
