@@ -190,6 +190,23 @@ class PushedNodes:
         return node_ids
 
 
+class NodePartitions:
+    """The partition of each simulated node, as the simulation runtime assigned them."""
+
+    def __init__(self) -> None:
+        self._partitions: dict[int, int] = {}
+        self._known = threading.Event()
+
+    def set(self, partitions: Mapping[int, int]) -> None:
+        """Record the runtime's node-id-to-partition mapping."""
+        self._partitions = dict(partitions)
+        self._known.set()
+
+    def get(self, timeout: float) -> dict[int, int]:
+        """Return the mapping, waiting up to ``timeout`` s for it; empty when it did not come."""
+        return dict(self._partitions) if self._known.wait(timeout) else {}
+
+
 def forward_messages(
     state: Any,
     message_queue: queue.Queue,  # type: ignore[type-arg]
@@ -197,6 +214,7 @@ def forward_messages(
     f_stop: threading.Event,
     *,
     pushed: PushedNodes,
+    partitions: NodePartitions | None = None,
 ) -> None:
     """Move undelivered messages from the link state to the runtime's queue as they come.
 
@@ -221,7 +239,12 @@ def forward_messages(
         The runtime's stop event.
     pushed : PushedNodes
         Destination nodes of the ServerApp's pushes.
+    partitions : NodePartitions | None, default=None
+        Receives ``nodes`` when it maps node ids to partition ids, as
+        Flower's runtime passes it.
     """
+    if partitions is not None and isinstance(nodes, Mapping):
+        partitions.set(nodes)
     last_full_pass = time.monotonic()
     while not f_stop.is_set():
         node_ids: Iterable[int] = pushed.take(RUNTIME_QUEUE_WAIT_SECONDS)
@@ -282,7 +305,9 @@ def _parameters(function: Callable[..., Any] | None) -> list[str]:
 
 
 @contextmanager
-def prompt_runtime(pushed: PushedNodes, replied: threading.Event) -> Iterator[bool]:
+def prompt_runtime(
+    pushed: PushedNodes, replied: threading.Event, partitions: NodePartitions | None = None
+) -> Iterator[bool]:
     """Let Flower's simulation runtime pass messages on as they come and stop without a 1 s wait.
 
     Inside the block, the runtime module uses :func:`forward_messages`
@@ -297,6 +322,9 @@ def prompt_runtime(pushed: PushedNodes, replied: threading.Event) -> Iterator[bo
         Destination nodes of the ServerApp's pushes, recorded by its grid.
     replied : threading.Event
         Set after each reply stored in the link state.
+    partitions : NodePartitions | None, default=None
+        Receives the runtime's node-id-to-partition mapping when the
+        forwarding loop starts.
     """
     from flwr.server.superlink.fleet.vce import vce_api
 
@@ -309,9 +337,11 @@ def prompt_runtime(pushed: PushedNodes, replied: threading.Event) -> Iterator[bo
         or _parameters(original_store) != _STORE_PARAMETERS
     ):
         logger.debug("Flower's simulation loops have other signatures here, so they stay unchanged")
+        if partitions is not None:
+            partitions.set({})  # the grid then queries the nodes
         yield False
         return
-    vce_api.add_messages_to_queue = partial(forward_messages, pushed=pushed)
+    vce_api.add_messages_to_queue = partial(forward_messages, pushed=pushed, partitions=partitions)
     vce_api.put_message_into_state = partial(store_replies, replied=replied)
     vce_api.Queue = PromptQueue
     try:
@@ -567,7 +597,7 @@ def run_experiment(
         flwr_logger.addFilter(notice_filter)
         for handler in flower_console:
             flwr_logger.removeHandler(handler)
-    pushed, replied = PushedNodes(), threading.Event()
+    pushed, replied, partitions = PushedNodes(), threading.Event(), NodePartitions()
     after_rounds = AfterRounds(on_finished, run_dir) if on_finished is not None else None
     server_app = interruptible_server_app(
         build_server_app(config, progress),
@@ -576,11 +606,12 @@ def run_experiment(
         pushed,
         on_finished=after_rounds.start if after_rounds is not None else None,
         replied=replied,
+        partitions=partitions,
     )
     try:
         with (
             stop_on_sigint(stop),
-            prompt_runtime(pushed, replied),
+            prompt_runtime(pushed, replied, partitions),
             light_client_actors(pre_started) as light,
         ):
             backend = backend_config(verbose=verbose)

@@ -14,8 +14,14 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
+from metals.common.node_identity import NodeIdentity
 from metals.server.grid import SIMULATION_POLL_SECONDS, PollingGrid
-from metals.simulation import RUNTIME_QUEUE_WAIT_SECONDS, PushedNodes, RunInterrupted
+from metals.simulation import (
+    RUNTIME_QUEUE_WAIT_SECONDS,
+    NodePartitions,
+    PushedNodes,
+    RunInterrupted,
+)
 
 
 class InterruptibleGrid(PollingGrid):
@@ -44,6 +50,9 @@ class InterruptibleGrid(PollingGrid):
         Set by :func:`store_replies` after each reply it stores. With it,
         the grid pulls replies as they come, and otherwise every
         ``RUNTIME_QUEUE_WAIT_SECONDS`` instead of every ``poll_seconds``.
+    partitions : NodePartitions | None, default=None
+        The runtime's partition of each node, from which
+        :meth:`local_identities` answers.
     """
 
     def __init__(
@@ -54,12 +63,14 @@ class InterruptibleGrid(PollingGrid):
         poll_seconds: float = SIMULATION_POLL_SECONDS,
         pushed: PushedNodes | None = None,
         replied: threading.Event | None = None,
+        partitions: NodePartitions | None = None,
     ) -> None:
         super().__init__(grid, poll_seconds)
         self._stop = stop
         self._run_dir = run_dir
         self._pushed = pushed
         self._replied = replied
+        self._partitions = partitions
 
     def _check_stop(self) -> None:
         if self._stop.is_set():
@@ -84,6 +95,24 @@ class InterruptibleGrid(PollingGrid):
         self._check_stop()
         return super().pull_messages(message_ids)
 
+    def local_identities(self, node_ids: Iterable[int], timeout: float) -> dict[int, NodeIdentity]:
+        """Return the identity of each of ``node_ids`` that has a partition in the runtime.
+
+        A simulated node's identity is its partition id, which its ClientApp
+        reads from the node config that the runtime builds from the same
+        mapping. Looking it up here spares round 1 a query message to every
+        node: 100 messages through the actors, about 0.2 s on the 2-core
+        machine. Nodes missing from the mapping are left to the query.
+        """
+        if self._partitions is None:
+            return {}
+        partitions = self._partitions.get(timeout)
+        return {
+            node_id: NodeIdentity(partition_id=partitions[node_id])
+            for node_id in node_ids
+            if node_id in partitions
+        }
+
     def wait(self, seconds: float) -> None:
         """Pause between two pulls.
 
@@ -104,17 +133,20 @@ def interruptible_server_app(
     pushed: PushedNodes | None = None,
     on_finished: Callable[[], None] | None = None,
     replied: threading.Event | None = None,
+    partitions: NodePartitions | None = None,
 ) -> ServerApp:
     """Wrap ``server_app`` so that its grid raises :class:`RunInterrupted` once ``stop`` is set.
 
-    ``pushed`` and ``replied`` go to :class:`InterruptibleGrid`, and
-    ``on_finished`` is called once ``server_app`` has returned.
+    ``pushed``, ``replied`` and ``partitions`` go to :class:`InterruptibleGrid`,
+    and ``on_finished`` is called once ``server_app`` has returned.
     """
     wrapper = ServerApp()
 
     @wrapper.main()
     def main(grid: Grid, context: Context) -> None:
-        interruptible = InterruptibleGrid(grid, stop, run_dir, pushed=pushed, replied=replied)
+        interruptible = InterruptibleGrid(
+            grid, stop, run_dir, pushed=pushed, replied=replied, partitions=partitions
+        )
         server_app(interruptible, context)
         if on_finished is not None:
             on_finished()

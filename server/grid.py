@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
+from metals.common.node_identity import NodeIdentity
+
 # Pulls from the in-memory grid of a simulation are a dictionary look-up
 # under a lock; pulls of a deployed ServerApp are calls to the SuperLink.
 SIMULATION_POLL_SECONDS = 0.005
@@ -73,6 +75,14 @@ class PollingGrid(Grid):
     def wait(self, seconds: float) -> None:
         """Pause between two pulls; subclasses may end the pause early."""
         time.sleep(seconds)
+
+    def local_identities(self, node_ids: Iterable[int], timeout: float) -> dict[int, NodeIdentity]:
+        """Return the identities of ``node_ids`` that the grid can tell without a query.
+
+        In a deployment, only the nodes have their identities, so this
+        returns none; a simulation has each node's partition.
+        """
+        return {}
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -16,6 +16,7 @@ from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
 
 from metals.common.node_identity import IDENTITY_RECORD_KEY, NodeIdentity
+from metals.server.grid import PollingGrid
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +24,11 @@ logger = logging.getLogger(__name__)
 class NodeRegistry:
     """Identities of the nodes of a run, keyed by Flower node id.
 
-    :meth:`refresh` sends a ``query`` message to each node that has no
-    identity yet. A node whose query fails is queried again on the next
-    refresh, and until then it sorts after all identified nodes, by node id.
+    :meth:`refresh` takes the identities that the grid can tell itself (a
+    simulation has each node's partition) and sends a ``query`` message
+    to each other node that has no identity yet. A node whose query fails is
+    queried again on the next refresh, and until then it sorts after all
+    identified nodes, by node id.
     """
 
     def __init__(self) -> None:
@@ -44,6 +47,12 @@ class NodeRegistry:
         connected = set(grid.get_node_ids())
         new_nodes = sorted(connected - set(self.identities))
         if not new_nodes:
+            return
+        if isinstance(grid, PollingGrid):
+            self.identities.update(grid.local_identities(new_nodes, timeout))
+            new_nodes = [node_id for node_id in new_nodes if node_id not in self.identities]
+        if not new_nodes:
+            self._log_order(connected)
             return
         messages = [
             Message(RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY)
@@ -64,6 +73,9 @@ class NodeRegistry:
                     node_id,
                     timeout,
                 )
+        self._log_order(connected)
+
+    def _log_order(self, connected: set[int]) -> None:
         self._warn_duplicates(connected)
         logger.info(
             "connected nodes by identity: %s",

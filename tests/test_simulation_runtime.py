@@ -14,6 +14,7 @@ from flwr.server.superlink.fleet.vce import vce_api
 import metals.simulation as simulation
 from metals.simulation import (
     AfterRounds,
+    NodePartitions,
     PromptQueue,
     PushedNodes,
     forward_messages,
@@ -82,6 +83,33 @@ def test_forward_messages_takes_pushed_nodes(monkeypatch):
     assert not loop.is_alive()
 
 
+def test_forward_messages_records_node_partitions():
+    # Prepare: Flower passes the node-id-to-partition mapping as ``nodes``.
+    partitions, f_stop = NodePartitions(), threading.Event()
+    f_stop.set()
+
+    # Execute: the loop records the mapping before its first turn.
+    forward_messages(
+        _State({}),
+        queue.Queue(),
+        {11: 0, 42: 1},
+        f_stop,
+        pushed=PushedNodes(),
+        partitions=partitions,
+    )
+
+    # Assert
+    assert partitions.get(timeout=0) == {11: 0, 42: 1}
+
+
+def test_node_partitions_unknown_after_timeout():
+    # Execute
+    found = NodePartitions().get(timeout=0.01)
+
+    # Assert
+    assert found == {}
+
+
 def test_forward_messages_full_pass_without_push(monkeypatch):
     # Prepare: a full pass on every turn of the loop, and no push at all.
     monkeypatch.setattr(simulation, "FORWARD_FALLBACK_SECONDS", 0.0)
@@ -142,10 +170,10 @@ def test_prompt_runtime_swaps_then_restores():
         vce_api.put_message_into_state,
         vce_api.Queue,
     )
-    pushed, replied = PushedNodes(), threading.Event()
+    pushed, replied, partitions = PushedNodes(), threading.Event(), NodePartitions()
 
     # Execute
-    with prompt_runtime(pushed, replied) as swapped:
+    with prompt_runtime(pushed, replied, partitions) as swapped:
         inside = (
             vce_api.add_messages_to_queue,
             vce_api.put_message_into_state,
@@ -155,7 +183,7 @@ def test_prompt_runtime_swaps_then_restores():
     # Assert
     assert swapped is True
     assert inside[0].func is forward_messages
-    assert inside[0].keywords == {"pushed": pushed}
+    assert inside[0].keywords == {"pushed": pushed, "partitions": partitions}
     assert inside[1].func is store_replies
     assert inside[1].keywords == {"replied": replied}
     assert inside[2] is PromptQueue
@@ -174,13 +202,16 @@ def test_prompt_runtime_skips_other_signatures(monkeypatch):
     monkeypatch.setattr(vce_api, "put_message_into_state", other_loop)
     original_forward = vce_api.add_messages_to_queue
 
+    partitions = NodePartitions()
+
     # Execute
-    with prompt_runtime(PushedNodes(), threading.Event()) as swapped:
+    with prompt_runtime(PushedNodes(), threading.Event(), partitions) as swapped:
         inside = (vce_api.add_messages_to_queue, vce_api.put_message_into_state)
 
-    # Assert
+    # Assert: unchanged, and the grid learns at once that it must query the nodes.
     assert swapped is False
     assert inside == (original_forward, other_loop)
+    assert partitions.get(timeout=0) == {}
 
 
 def test_flower_loops_match_swapped_parameters():

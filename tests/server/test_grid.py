@@ -7,8 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from metals.common.node_identity import NodeIdentity
 from metals.server.grid import PollingGrid
-from metals.simulation import PushedNodes, RunInterrupted
+from metals.simulation import NodePartitions, PushedNodes, RunInterrupted
 from metals.simulation_grid import InterruptibleGrid
 
 
@@ -112,3 +113,30 @@ def test_interruptible_grid_pulls_when_replied(tmp_path: Path):
     # Assert
     assert [reply.metadata.reply_to_message_id for reply in replies] == ["m0"]
     assert not replied.is_set()
+
+
+def test_interruptible_grid_identifies_nodes_by_partition(tmp_path: Path):
+    # Prepare: the runtime gave node 11 partition 0 and node 42 partition 1.
+    partitions = NodePartitions()
+    partitions.set({11: 0, 42: 1})
+    grid = InterruptibleGrid(_Grid([]), threading.Event(), tmp_path, partitions=partitions)
+
+    # Execute
+    identities = grid.local_identities([42, 11, 99], timeout=1)
+
+    # Assert: node 99 has no partition, so it is left to the query.
+    assert identities == {11: NodeIdentity(partition_id=0), 42: NodeIdentity(partition_id=1)}
+
+
+def test_grid_without_partitions_knows_no_identity(tmp_path: Path):
+    # Prepare
+    simulation_grid = InterruptibleGrid(_Grid([]), threading.Event(), tmp_path)
+    deployment_grid = PollingGrid(_Grid([]))
+
+    # Execute
+    known = [
+        grid.local_identities([1, 2], timeout=1) for grid in (simulation_grid, deployment_grid)
+    ]
+
+    # Assert
+    assert known == [{}, {}]

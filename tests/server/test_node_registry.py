@@ -10,6 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from metals.common.node_identity import IDENTITY_RECORD_KEY, NodeIdentity
+from metals.server.grid import PollingGrid
 from metals.server.node_registry import NodeRegistry
 from metals.server.sampling import TooFewNodesError, connected_nodes, sample_node_ids
 from metals.server.strategy import REQUIRED_TRAIN_METRICS, MetalsFedAvg, MetalsFedProx
@@ -86,6 +87,38 @@ def test_refresh_orders_partitions_devices_unknown():
         "device-7",
         "node-10",
     ]
+
+
+class _KnowingGrid(PollingGrid):
+    """A polling grid with the identities of some nodes at hand, as in a simulation."""
+
+    def __init__(self, identities, known):
+        super().__init__(_Grid(identities))
+        self.known = dict(known)
+
+    def local_identities(self, node_ids, timeout):
+        return {node_id: self.known[node_id] for node_id in node_ids if node_id in self.known}
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+def test_refresh_queries_only_nodes_grid_cannot_identify():
+    # Prepare: the grid has the identities of nodes 7 and 9; node 8 needs a query.
+    identities = {
+        7: NodeIdentity(partition_id=0),
+        8: NodeIdentity(partition_id=1),
+        9: NodeIdentity(partition_id=2),
+    }
+    grid = _KnowingGrid(identities, {7: identities[7], 9: identities[9]})
+    registry = NodeRegistry()
+
+    # Execute
+    registry.refresh(grid, timeout=1)
+
+    # Assert
+    assert grid._grid.queried == [8]
+    assert registry.sorted({7, 8, 9}) == [7, 8, 9]
 
 
 def test_refresh_queries_each_node_once():
