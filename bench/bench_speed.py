@@ -344,8 +344,6 @@ def profile_startup(work: Path, overrides: list[str]) -> dict[str, Any]:
 
     server_steps = {
         "waiting for the clients' training replies (receive)": ("server/grid.py", "receive"),
-        "node identity query before round 1, which waits for the actors' start "
-        "(send_and_receive)": ("server/grid.py", "send_and_receive"),
         "global evaluation on the test set": ("server/federation.py", "__call__"),
         "aggregation with reply checks": ("server/strategy.py", "aggregate_train"),
         "checkpoint": ("server/checkpoint.py", "save_checkpoint"),
