@@ -257,7 +257,7 @@ def test_pre_started_places_go_round_actors(no_ray):
 
 
 def _echo_app():
-    """Return a ClientApp stand-in class that answers every message.
+    """Return a ClientApp stand-in class that replies to every message.
 
     A class defined in a function travels to Ray's workers by value; one at
     module level would have to be importable there.
