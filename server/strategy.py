@@ -277,6 +277,14 @@ class ReplyCheckMixin:
             msg.metadata.src_node_id: dict(next(iter(msg.content.metric_records.values())))
             for msg in valid
         }
+        # Flower's own logger and wording, as in configure_train: `metals
+        # deploy` reads this line to count each round's replies.
+        flwr_log(
+            logging.INFO,
+            "aggregate_train: Received %d results and %d failures",
+            len(valid),
+            len(replies) - len(valid),
+        )
         # reply_problem has checked what Flower's aggregate_train checks, so
         # the replies are averaged here, reading each array once.
         contents = [msg.content for msg in valid]

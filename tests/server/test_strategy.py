@@ -132,6 +132,35 @@ def test_weighted_average_same_bits_as_flower():
         assert ours[key].numpy().tobytes() == flowers[key].numpy().tobytes()
 
 
+def test_round_lines_match_deploy_stream_patterns():
+    # Prepare: `metals deploy` counts replies from these lines of Flower's logger.
+    import logging
+
+    from metals.deploy import _RECEIVED_LINE, _SAMPLED_LINE
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    flower_logger = logging.getLogger("flwr")
+    flower_logger.addHandler(handler)
+    previous_level = flower_logger.level
+    flower_logger.setLevel(logging.INFO)
+    strategy = _strategy()
+    try:
+        # Execute
+        strategy.configure_train(1, REFERENCE, ConfigRecord(), _Grid([1, 2, 3]))
+        strategy.aggregate_train(1, [_reply(1), _reply(2), _error_reply(3)])
+    finally:
+        flower_logger.removeHandler(handler)
+        flower_logger.setLevel(previous_level)
+
+    # Assert
+    sampled = [int(m.group(1)) for m in map(_SAMPLED_LINE.search, records) if m]
+    received = [int(m.group(1)) for m in map(_RECEIVED_LINE.search, records) if m]
+    assert sampled == [3]
+    assert received == [2]
+
+
 def test_aggregate_logs_missing_reply_as_timeout(caplog):
     strategy = _strategy(min_valid_fraction=0.5)
     strategy.configure_train(1, REFERENCE, ConfigRecord(), _Grid([1, 2]))
