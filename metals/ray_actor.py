@@ -20,6 +20,7 @@ import functools
 import importlib
 import inspect
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -84,8 +85,24 @@ class _ClientActor:
 ClientActor = ray.remote(_ClientActor)
 
 
-def import_modules(modules: Sequence[str]) -> None:
-    """Import ``modules``: the warm-up of a pre-started actor, run in its constructor."""
+def warm_up(modules: Sequence[str], log_level: int | None = None) -> None:
+    """Prepare a pre-started actor in its constructor: show metals' logs, import ``modules``.
+
+    Parameters
+    ----------
+    modules : Sequence[str]
+        Modules to import now, before the first message needs them.
+    log_level : int | None, default=None
+        When given, metals' records from this level up go to the actor's
+        stderr, which Ray copies to the driver's console in a verbose run.
+        A Ray worker's logging otherwise drops records below WARNING.
+    """
+    if log_level is not None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        metals_logger = logging.getLogger("metals")
+        metals_logger.setLevel(log_level)
+        metals_logger.addHandler(handler)
     for name in modules:
         importlib.import_module(name)
 
@@ -129,6 +146,8 @@ class PreStartedActors:
         Modules each actor imports at once.
     slots : int, default=2
         Places in the backend's pool per actor.
+    log_level : int | None, default=None
+        Level from which the actors show metals' log records; see :func:`warm_up`.
     """
 
     def __init__(
@@ -137,6 +156,7 @@ class PreStartedActors:
         resources: Mapping[str, Any],
         modules: Sequence[str] = WARM_UP_MODULES,
         slots: int = 2,
+        log_level: int | None = None,
     ) -> None:
         self._resources = dict(resources)
         self._slots = slots
@@ -145,9 +165,9 @@ class PreStartedActors:
         # The warm-up runs in the constructor, so it starts without a round
         # trip to the driver, and the first message waits for it. A failed
         # import fails the actor; Flower then reports the failed message.
-        warm_up = functools.partial(import_modules, tuple(modules))
+        prepare = functools.partial(warm_up, tuple(modules), log_level)
         self._actors = [
-            ClientActor.options(**self._resources).remote(warm_up) for _ in range(count)
+            ClientActor.options(**self._resources).remote(prepare) for _ in range(count)
         ]
 
     @property

@@ -10,7 +10,7 @@ from ray._private import node as ray_node_module
 from ray._private import ray_constants
 
 import metals.ray_node as ray_node
-from metals.ray_actor import ClientActor, PreStartedActors, light_client_actors
+from metals.ray_actor import ClientActor, PreStartedActors, light_client_actors, warm_up
 from metals.simulation import start_ray, stop_ray
 
 _LEFT_OUT = (
@@ -215,6 +215,28 @@ def test_pre_started_actor_skips_flower_simulation(no_ray):
     # Assert: the warm-up loaded torch; Flower's simulation and pandas stayed out.
     assert modules == {"torch": True, "flwr.simulation": False, "pandas": False}
     assert len(pre_started) == 1
+
+
+def test_warm_up_shows_metals_info_records(capfd):
+    # Prepare: the state of a fresh Ray worker, which drops INFO records.
+    import logging
+
+    metals_logger = logging.getLogger("metals")
+    previous = (metals_logger.level, list(metals_logger.handlers))
+    metals_logger.setLevel(logging.NOTSET)
+
+    try:
+        # Execute
+        warm_up(("json",), logging.INFO)
+        logging.getLogger("metals.client.app").info(
+            "round %d, %s: labels queried", 3, "partition-7"
+        )
+    finally:
+        metals_logger.setLevel(previous[0])
+        metals_logger.handlers[:] = previous[1]
+
+    # Assert: the record reached stderr, which Ray copies to the console.
+    assert "INFO metals.client.app: round 3, partition-7: labels queried" in capfd.readouterr().err
 
 
 def test_pre_started_slot_resources_split_cpus():
