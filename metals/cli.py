@@ -472,9 +472,15 @@ def run_with_hydra(
             (report or _report_run)(run_dir)
         except RunInterrupted as interrupt:
             logging.getLogger(__name__).info("metals %s interrupted", name, exc_info=True)
+            saved = any((interrupt.run_dir / "checkpoint").glob("weights-*.npz"))
+            then = (
+                "to resume after the last completed round"
+                if saved
+                else "to start again; no round had completed"
+            )
             sys.stderr.write(
                 f"metals {name}: interrupted; rerun the same command with "
-                f"hydra.run.dir={interrupt.run_dir} to resume after the last completed round\n"
+                f"hydra.run.dir={interrupt.run_dir} {then}\n"
             )
             raise SystemExit(EXIT_INTERRUPTED) from None
         except _expected_failures() as error:

@@ -250,6 +250,25 @@ def test_run_sigint_exits_130(tmp_path):
     assert ray_processes_of(str(ray_tmp)) == []
 
 
+def test_interrupt_before_first_round_says_start_again(tmp_path, capsys):
+    # Prepare: a run stopped before any round wrote a checkpoint.
+    from metals.simulation import RunInterrupted
+
+    run_dir = tmp_path / "run"
+
+    def interrupted(run_config, verbose):
+        raise RunInterrupted(Path(run_config["run-dir"]))
+
+    # Execute
+    with pytest.raises(SystemExit) as stopped:
+        run_with_hydra([f"hydra.run.dir={run_dir}"], "run", interrupted)
+
+    # Assert: no promise of a resume when nothing was saved.
+    err = capsys.readouterr().err
+    assert stopped.value.code == 130
+    assert f"hydra.run.dir={run_dir} to start again; no round had completed" in err
+
+
 def test_resume_mismatch_leaves_run_dir(tmp_path, capsys):
     # Prepare: an nsl_kdd run directory with a checkpoint after round 1.
     run_dir = tmp_path / "run"
