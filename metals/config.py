@@ -107,6 +107,27 @@ def _with_hydra_name(message: str) -> str:
     return message
 
 
+def _group_hints(keys: Sequence[str]) -> str:
+    """Return how to pick a config group option for keys that end in a group's name."""
+    from importlib.resources import files
+
+    hints = []
+    for key in keys:
+        group = key.rpartition(".")[2]
+        folder = files("metals.conf").joinpath(group)
+        if not folder.is_dir():
+            continue
+        options = sorted(
+            entry.name.removesuffix(".yaml")
+            for entry in folder.iterdir()
+            if entry.name.endswith(".yaml")
+        )
+        if options:
+            choice = "|".join(options)
+            hints.append(f"'{group}' is a config group: pick one with {group}=<{choice}>; ")
+    return "".join(hints)
+
+
 def to_run_config(config: Mapping[str, Any], *, run_dir: str | Path | None = None) -> RunConfig:
     """Map a composed Hydra config onto the run config and validate it.
 
@@ -137,7 +158,7 @@ def to_run_config(config: Mapping[str, Any], *, run_dir: str | Path | None = Non
         known = ", ".join(sorted([*HYDRA_KEYS, *COMMAND_KEYS]))
         raise ConfigError(
             f"unknown config key(s) {', '.join(unknown)}: check the spelling; "
-            f"known keys are {known}"
+            f"{_group_hints(unknown)}known keys are {known}"
         )
 
     verbose = flat.get("verbose", False)

@@ -146,6 +146,15 @@ def test_invalid_value_rejected(override, expected):
     assert expected in str(caught.value)
 
 
+def test_group_name_under_other_key_points_to_group_override():
+    # Execute: a strategy set as a key of the fl block, the way users try it.
+    with pytest.raises(ConfigError) as caught:
+        compose_run_config(["+fl.strategy=fedprox"])
+
+    # Assert: the message names the override that works.
+    assert "pick one with strategy=<fedavg|fedprox>" in str(caught.value)
+
+
 def test_range_named_in_error():
     # Execute
     with pytest.raises(ConfigError) as caught:
