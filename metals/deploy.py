@@ -347,6 +347,7 @@ def wait_for_port(host: str, port: int, process: ManagedProcess | None, timeout:
             )
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
             return
+        raise_if_interrupted()
         time.sleep(0.2)
     where = "" if process is None else f"; see {process.log_path}"
     raise DeployError(f"{name} did not open {host}:{port} within {timeout:.0f} s{where}")
@@ -771,6 +772,7 @@ class Deployment:
                 raise DeployError(
                     f"the run did not finish within {timeout:.0f} s; logs in {self.log_dir}"
                 )
+            raise_if_interrupted()
             time.sleep(poll_seconds)
 
         self._scan_stream(stream_offset)
@@ -920,21 +922,46 @@ def run_deployment(
 # ---------------------------------------------------------------------------
 
 
+# Set by the handler of _signals_as_interrupt; read by raise_if_interrupted.
+_INTERRUPTED = threading.Event()
+
+
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into ``KeyboardInterrupt`` so that cleanup runs as on Ctrl-C."""
+def _signals_as_interrupt() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into ``KeyboardInterrupt``, and remember that one came.
+
+    SIGTERM then cleans up as Ctrl-C does. The record matters for a signal
+    that arrives while the process forks a child: Python runs the handler
+    inside an at-fork hook (logging's lock release), prints "Exception
+    ignored" and drops the ``KeyboardInterrupt``. The deployment's wait
+    loops call :func:`raise_if_interrupted`, so such a Ctrl-C still stops
+    it within one poll instead of being lost.
+    """
 
     def _raise(signum: int, frame: object) -> None:
+        _INTERRUPTED.set()
         raise KeyboardInterrupt(f"signal {signum}")
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise)
+    _INTERRUPTED.clear()
+    previous = {signum: signal.signal(signum, _raise) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _INTERRUPTED.clear()
+
+
+def raise_if_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` if a signal came whose exception Python dropped.
+
+    See :func:`_signals_as_interrupt`.
+    """
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt("a signal came while a child process was being started")
 
 
 DEPLOY_HELP = """\
@@ -1044,7 +1071,7 @@ def deploy_main(argv: list[str]) -> int:
         )
 
     try:
-        with _sigterm_as_interrupt():
+        with _signals_as_interrupt():
             return run_with_hydra(overrides, "deploy", execute)
     except KeyboardInterrupt:
         sys.stderr.write("metals deploy: interrupted; every process it started is stopped\n")

@@ -22,10 +22,12 @@ from metals.deploy import (
     Deployment,
     ManagedProcess,
     _ephemeral_start,
+    _signals_as_interrupt,
     _split_deploy_options,
     deploy_main,
     find_free_port,
     flower_environment,
+    raise_if_interrupted,
     read_complete_rows,
     run_deployment,
     wait_for_port,
@@ -490,6 +492,29 @@ def test_interrupt_stops_every_process(tmp_path: Path, data_dir: Path) -> None:
     # Assert
     assert code == 130
     assert processes_using(run_dir) == []
+
+
+class _SignalInFinalizer:
+    """Gets a SIGINT while Python finalizes it, where a raised exception is dropped.
+
+    An at-fork hook, where a Ctrl-C during the start of a child lands, drops
+    it the same way.
+    """
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+
+
+def test_signal_dropped_by_python_still_interrupts() -> None:
+    with _signals_as_interrupt():
+        # Execute: the handler's KeyboardInterrupt is lost in the finalizer.
+        _SignalInFinalizer()
+
+        # Assert: the next check of a wait loop raises it again.
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
+    raise_if_interrupted()  # and the record ends with the block
 
 
 def test_free_ports_distinct_below_ephemeral() -> None:
