@@ -13,7 +13,7 @@ import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,11 +125,14 @@ class RunRow:
         Run description, e.g. ``FedAvg, margin``.
     first, last : Mapping[str, float]
         ``metrics.csv`` rows of the first and the last round.
+    settings : Mapping[str, Any]
+        The run config; rows with the same label get the settings that differ.
     """
 
     label: str
     first: Mapping[str, float]
     last: Mapping[str, float]
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 def load_run_row(run_dir: str | Path) -> RunRow:
@@ -138,10 +141,36 @@ def load_run_row(run_dir: str | Path) -> RunRow:
     training = None
     if (Path(run_dir) / SUMMARY_FILE).is_file():
         training = read_json(run_dir, SUMMARY_FILE).get("training")
-    label = "run"
+    label, settings = "run", {}
     if (Path(run_dir) / CONFIG_FILE).is_file():
-        label = describe_run(read_json(run_dir, CONFIG_FILE), training)
-    return RunRow(label=label, first=rows[0], last=rows[-1])
+        settings = read_json(run_dir, CONFIG_FILE)
+        label = describe_run(settings, training)
+    return RunRow(label=label, first=rows[0], last=rows[-1], settings=settings)
+
+
+# Run-config keys that name where a run is, not what it computes.
+_PLACE_KEYS = ("run-dir", "data-dir")
+
+
+def _distinct_labels(rows: Sequence[RunRow]) -> list[str]:
+    """Return the rows' labels, each shared label followed by the settings that differ.
+
+    A sweep over seeds gives rows such as ``FedAvg, margin`` twice; they
+    become ``FedAvg, margin, seed 1`` and ``FedAvg, margin, seed 2``.
+    """
+    labels = []
+    for row in rows:
+        twins = [other for other in rows if other.label == row.label]
+        if len(twins) == 1:
+            labels.append(row.label)
+            continue
+        keys = sorted({key for twin in twins for key in twin.settings} - set(_PLACE_KEYS))
+        differing = [
+            key for key in keys if len({repr(twin.settings.get(key)) for twin in twins}) > 1
+        ]
+        extra = ", ".join(f"{key} {row.settings.get(key)}" for key in differing)
+        labels.append(f"{row.label}, {extra}" if extra else row.label)
+    return labels
 
 
 def _score(value: float) -> str:
@@ -176,11 +205,11 @@ def format_results_table(runs: Sequence[str | Path | RunRow]) -> str:
         f"| B {last_name} | W {last_name} | G {last_name} | Macro-F1 | Labels used |"
     )
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in rows:
+    for row, label in zip(rows, _distinct_labels(rows), strict=True):
         labels = row.last["labels_queried_total"]
         bought = "" if math.isnan(labels) else f" ({int(labels):,} bought)"
         lines.append(
-            f"| {row.label} "
+            f"| {label} "
             f"| {_score(row.first['best_client_accuracy'])} "
             f"| {_score(row.first['worst_client_accuracy'])} "
             f"| {_score(row.first['accuracy'])} "

@@ -95,6 +95,20 @@ def test_table_of_sweep_has_row_per_run(tmp_path):
     assert "| FedProx(0.5), entropy |" in table
 
 
+def test_table_of_seed_sweep_names_each_seed(tmp_path):
+    # Prepare: two runs that differ only in their seed and run directory.
+    config = {"strategy": "fedavg", "proximal-mu": 0.0, "al-strategy": "margin"}
+    first = write_run(tmp_path / "0", config={**config, "seed": 1, "run-dir": "/a"})
+    second = write_run(tmp_path / "1", config={**config, "seed": 2, "run-dir": "/b"})
+
+    # Execute
+    table = format_results_table([first, second])
+
+    # Assert
+    assert "| FedAvg, margin, seed 1 |" in table
+    assert "| FedAvg, margin, seed 2 |" in table
+
+
 def test_table_without_client_accuracy(tmp_path):
     # Prepare
     run_dir = write_run(tmp_path / "run", best=False)
