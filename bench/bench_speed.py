@@ -457,7 +457,7 @@ def format_section(
         "would pass, so the client actors take over the idle workers Ray starts with the job "
         "instead of starting new processes. Ray starts without its autoscaler monitor, "
         "dashboard server and log monitor, which a run on one machine never uses (about "
-        "1.2 s of CPU), and metals queries the GCS for the raylet's registration every 10 ms, "
+        "1.2 s of CPU). metals queries the GCS for the raylet's registration every 10 ms, "
         "where Ray queries once a second. The client actors start as soon as Ray runs and "
         "import torch and the ClientApp while a second thread of the driver imports torch, "
         "Flower's simulation, both apps and matplotlib. The actors use metals' own actor "

@@ -1,4 +1,4 @@
-"""Reading the NumPy values of Flower's Array records without parsing their headers twice."""
+"""Reading the NumPy values of Flower's Array records as views, without ``numpy.load``."""
 
 from __future__ import annotations
 

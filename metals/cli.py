@@ -473,14 +473,14 @@ def run_with_hydra(
         except RunInterrupted as interrupt:
             logging.getLogger(__name__).info("metals %s interrupted", name, exc_info=True)
             saved = any((interrupt.run_dir / "checkpoint").glob("weights-*.npz"))
-            then = (
+            next_step = (
                 "to resume after the last completed round"
                 if saved
-                else "to start again; no round had completed"
+                else "to start again, because no round had completed"
             )
             sys.stderr.write(
                 f"metals {name}: interrupted; rerun the same command with "
-                f"hydra.run.dir={interrupt.run_dir} {then}\n"
+                f"hydra.run.dir={interrupt.run_dir} {next_step}\n"
             )
             raise SystemExit(EXIT_INTERRUPTED) from None
         except _expected_failures() as error:

@@ -928,7 +928,7 @@ _INTERRUPTED = threading.Event()
 
 @contextlib.contextmanager
 def _signals_as_interrupt() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into ``KeyboardInterrupt``, and remember that one came.
+    """Turn SIGINT and SIGTERM into ``KeyboardInterrupt``, and record that one arrived.
 
     SIGTERM then cleans up as Ctrl-C does. The record matters for a signal
     that arrives while the process forks a child: Python runs the handler
@@ -956,12 +956,12 @@ def _signals_as_interrupt() -> Iterator[None]:
 
 
 def raise_if_interrupted() -> None:
-    """Raise ``KeyboardInterrupt`` if a signal came whose exception Python dropped.
+    """Raise ``KeyboardInterrupt`` if a signal arrived whose exception Python dropped.
 
     See :func:`_signals_as_interrupt`.
     """
     if _INTERRUPTED.is_set():
-        raise KeyboardInterrupt("a signal came while a child process was being started")
+        raise KeyboardInterrupt("a signal arrived while a child process was starting")
 
 
 DEPLOY_HELP = """\

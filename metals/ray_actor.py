@@ -33,8 +33,8 @@ from flwr.clientapp.client_app import ClientApp, ClientAppException, LoadClientA
 logger = logging.getLogger(__name__)
 
 # Modules a client actor imports before its first message: the ClientApp,
-# with torch and the data code. Together about 1.3 s of CPU on the 2-core
-# machine.
+# with torch and the data code. Together about 1 s of CPU on the 2-core
+# machine, most of it torch.
 WARM_UP_MODULES = ("metals.client.app",)
 
 
@@ -224,7 +224,10 @@ def _method_parameters(actor_class: Any) -> dict[str, list[str]] | None:
 
 
 def _same_methods(flower_class: Any) -> bool:
-    """Tell whether :class:`ClientActor` has every method of ``flower_class``, alike."""
+    """Return whether :class:`ClientActor` has each method of ``flower_class``.
+
+    A method counts only with the same parameter names.
+    """
     theirs = _method_parameters(flower_class)
     ours = _method_parameters(ClientActor)
     if theirs is None or ours is None:
@@ -237,8 +240,9 @@ def light_client_actors(pre_started: PreStartedActors | None = None) -> Iterator
     """Let Flower's Ray backend use :class:`ClientActor` instead of its own actor class.
 
     The swap applies to the backends built inside the block. When the
-    installed Flower's actor class has methods that :class:`ClientActor`
-    lacks or has alike, nothing changes and the block yields False.
+    installed Flower's actor class has a method that :class:`ClientActor`
+    lacks or has with other parameters, nothing changes and the block
+    yields False.
 
     Parameters
     ----------

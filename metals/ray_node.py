@@ -1,8 +1,8 @@
 """A leaner start of the local Ray instance that a simulation runs on.
 
 ``ray.init`` starts a head node with processes that a one-machine
-simulation never uses, and it learns that the raylet is up by asking the
-GCS once a second. :func:`lean_local_node` changes both for one
+simulation never uses, and it checks that the raylet is up by querying
+the GCS once a second. :func:`lean_local_node` changes both for one
 ``ray.init`` call, through Ray's private ``Node`` class. When that class has
 other method signatures than the ones checked here, nothing changes and
 Ray starts as usual.
@@ -10,12 +10,13 @@ Ray starts as usual.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from metals.simulation import parameter_names
 
 logger = logging.getLogger(__name__)
 
@@ -36,22 +37,22 @@ _NODE_METHODS = {
 
 
 def _skip_monitor(node: Any) -> None:
-    """Stand in for ``Node.start_monitor``: a one-machine instance never scales."""
+    """Skip ``Node.start_monitor``, because a one-machine instance never scales."""
     logger.debug("Ray's autoscaler monitor is not started")
 
 
 def _skip_log_monitor(node: Any) -> None:
-    """Stand in for ``Node.start_log_monitor`` when worker output stays in files."""
+    """Skip ``Node.start_log_monitor`` when the workers' output stays in files."""
     logger.debug("Ray's log monitor is not started")
 
 
 def _skip_api_server(node: Any, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
-    """Stand in for ``Node.start_api_server``; the dashboard URL stays None."""
+    """Skip ``Node.start_api_server``, so the node's dashboard URL stays None."""
     logger.debug("Ray's dashboard server is not started")
 
 
 def wait_for_registration(node: Any, timeout: float = REGISTRATION_TIMEOUT_SECONDS) -> bool:
-    """Wait until the GCS lists ``node`` as alive, asking every ``REGISTRATION_POLL_SECONDS``.
+    """Wait until the GCS lists ``node`` as alive, querying every ``REGISTRATION_POLL_SECONDS``.
 
     Parameters
     ----------
@@ -74,7 +75,7 @@ def wait_for_registration(node: Any, timeout: float = REGISTRATION_TIMEOUT_SECON
         try:
             nodes = client.get_all_node_info(timeout=1)
         except Exception as error:  # noqa: BLE001 - Ray's own wait then reports the failure
-            logger.debug("asking the GCS for its nodes failed: %s", error)
+            logger.debug("GCS node query for node %s failed: %s", node.node_id, error)
             return False
         if any(
             node_id.hex() == node.node_id and info.state == alive for node_id, info in nodes.items()
@@ -83,12 +84,6 @@ def wait_for_registration(node: Any, timeout: float = REGISTRATION_TIMEOUT_SECON
         if time.monotonic() >= deadline:
             return False
         time.sleep(REGISTRATION_POLL_SECONDS)
-
-
-def _parameters(function: Callable[..., Any] | None) -> list[str] | None:
-    if not callable(function):
-        return None
-    return list(inspect.signature(function).parameters)
 
 
 @contextmanager
@@ -126,8 +121,13 @@ def lean_local_node(*, keep_log_monitor: bool) -> Iterator[bool]:
 
     node_class = ray_node.Node
     originals = {name: getattr(node_class, name, None) for name in _NODE_METHODS}
-    if any(_parameters(originals[name]) != expected for name, expected in _NODE_METHODS.items()):
-        logger.debug("Ray's Node has other method signatures here, so Ray starts unchanged")
+    mismatched = [
+        name
+        for name, expected in _NODE_METHODS.items()
+        if parameter_names(originals[name]) != expected
+    ]
+    if mismatched:
+        logger.debug("Ray's Node methods %s differ here, so Ray starts unchanged", mismatched)
         yield False
         return
 

@@ -203,7 +203,7 @@ class NodePartitions:
         self._known.set()
 
     def get(self, timeout: float) -> dict[int, int]:
-        """Return the mapping, waiting up to ``timeout`` s for it; empty when it did not come."""
+        """Return the mapping, waiting up to ``timeout`` s for it, or an empty one after that."""
         return dict(self._partitions) if self._known.wait(timeout) else {}
 
 
@@ -300,8 +300,9 @@ _FORWARD_PARAMETERS = ["state", "queue", "nodes_mapping", "f_stop"]
 _STORE_PARAMETERS = ["state", "queue", "f_stop"]
 
 
-def _parameters(function: Callable[..., Any] | None) -> list[str]:
-    return [] if function is None else list(inspect.signature(function).parameters)
+def parameter_names(function: object) -> list[str]:
+    """Return the parameter names of ``function``, or an empty list when it is not callable."""
+    return list(inspect.signature(function).parameters) if callable(function) else []
 
 
 @contextmanager
@@ -333,8 +334,8 @@ def prompt_runtime(
     original_queue = getattr(vce_api, "Queue", None)
     if (
         original_queue is not queue.Queue
-        or _parameters(original_forward) != _FORWARD_PARAMETERS
-        or _parameters(original_store) != _STORE_PARAMETERS
+        or parameter_names(original_forward) != _FORWARD_PARAMETERS
+        or parameter_names(original_store) != _STORE_PARAMETERS
     ):
         logger.debug("Flower's simulation loops have other signatures here, so they stay unchanged")
         if partitions is not None:

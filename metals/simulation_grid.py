@@ -51,8 +51,8 @@ class InterruptibleGrid(PollingGrid):
         the grid pulls replies as they come, and otherwise every
         ``RUNTIME_QUEUE_WAIT_SECONDS`` instead of every ``poll_seconds``.
     partitions : NodePartitions | None, default=None
-        The runtime's partition of each node, from which
-        :meth:`local_identities` answers.
+        The runtime's partition of each node, which :meth:`local_identities`
+        reads.
     """
 
     def __init__(
@@ -101,7 +101,7 @@ class InterruptibleGrid(PollingGrid):
         A simulated node's identity is its partition id, which its ClientApp
         reads from the node config that the runtime builds from the same
         mapping. Looking it up here spares round 1 a query message to every
-        node: 100 messages through the actors, about 0.2 s on the 2-core
+        node: 100 messages through the actors, 0.2 to 0.3 s on the 2-core
         machine. Nodes missing from the mapping are left to the query.
         """
         if self._partitions is None:

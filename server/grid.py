@@ -77,10 +77,10 @@ class PollingGrid(Grid):
         time.sleep(seconds)
 
     def local_identities(self, node_ids: Iterable[int], timeout: float) -> dict[int, NodeIdentity]:
-        """Return the identities of ``node_ids`` that the grid can tell without a query.
+        """Return the identities of ``node_ids`` that the grid provides without a query.
 
-        In a deployment, only the nodes have their identities, so this
-        returns none; a simulation has each node's partition.
+        A deployed grid has no identities of its own, so this returns an
+        empty mapping. The simulation's grid overrides it.
         """
         return {}
 

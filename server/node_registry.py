@@ -24,9 +24,9 @@ logger = logging.getLogger(__name__)
 class NodeRegistry:
     """Identities of the nodes of a run, keyed by Flower node id.
 
-    :meth:`refresh` takes the identities that the grid can tell itself (a
-    simulation has each node's partition) and sends a ``query`` message
-    to each other node that has no identity yet. A node whose query fails is
+    :meth:`refresh` takes the identities that the grid provides itself (a
+    simulation's grid has each node's partition) and sends a ``query``
+    message to each other node that has no identity yet. A node whose query fails is
     queried again on the next refresh, and until then it sorts after all
     identified nodes, by node id.
     """
@@ -51,12 +51,19 @@ class NodeRegistry:
         if isinstance(grid, PollingGrid):
             self.identities.update(grid.local_identities(new_nodes, timeout))
             new_nodes = [node_id for node_id in new_nodes if node_id not in self.identities]
-        if not new_nodes:
-            self._log_order(connected)
-            return
+        if new_nodes:
+            self._query(grid, new_nodes, timeout)
+        self._warn_duplicates(connected)
+        logger.info(
+            "connected nodes by identity: %s",
+            ", ".join(self.name(node_id) for node_id in self.sorted(connected)),
+        )
+
+    def _query(self, grid: Grid, node_ids: list[int], timeout: float) -> None:
+        """Send a ``query`` message to each of ``node_ids`` and store the identities replied."""
         messages = [
             Message(RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY)
-            for node_id in new_nodes
+            for node_id in node_ids
         ]
         replied = set()
         for reply in grid.send_and_receive(messages, timeout=timeout):
@@ -65,7 +72,7 @@ class NodeRegistry:
             identity = self._read_reply(reply)
             if identity is not None:
                 self.identities[node_id] = identity
-        for node_id in new_nodes:
+        for node_id in node_ids:
             if node_id not in replied:
                 logger.warning(
                     "node %d sent no identity within %g s, so it is sampled in node-id order "
@@ -73,14 +80,6 @@ class NodeRegistry:
                     node_id,
                     timeout,
                 )
-        self._log_order(connected)
-
-    def _log_order(self, connected: set[int]) -> None:
-        self._warn_duplicates(connected)
-        logger.info(
-            "connected nodes by identity: %s",
-            ", ".join(self.name(node_id) for node_id in self.sorted(connected)),
-        )
 
     def sort_key(self, node_id: int) -> tuple[int, int]:
         """Return the node's place: its identity's sort key, or after all of them by node id."""

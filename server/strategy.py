@@ -286,7 +286,7 @@ class ReplyCheckMixin:
             len(replies) - len(valid),
         )
         # reply_problem has checked what Flower's aggregate_train checks, so
-        # the replies are averaged here, reading each array once.
+        # the replies are averaged here with array_values instead of Array.numpy.
         contents = [msg.content for msg in valid]
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)  # type: ignore[attr-defined]
         return weighted_average(contents, self.weighted_by_key), metrics  # type: ignore[attr-defined]

@@ -250,7 +250,7 @@ def test_run_sigint_exits_130(tmp_path):
     assert ray_processes_of(str(ray_tmp)) == []
 
 
-def test_interrupt_before_first_round_says_start_again(tmp_path, capsys):
+def test_early_interrupt_says_start_again(tmp_path, capsys):
     # Prepare: a run stopped before any round wrote a checkpoint.
     from metals.simulation import RunInterrupted
 
@@ -266,7 +266,7 @@ def test_interrupt_before_first_round_says_start_again(tmp_path, capsys):
     # Assert: no promise of a resume when nothing was saved.
     err = capsys.readouterr().err
     assert stopped.value.code == 130
-    assert f"hydra.run.dir={run_dir} to start again; no round had completed" in err
+    assert f"hydra.run.dir={run_dir} to start again, because no round had completed" in err
 
 
 def test_resume_mismatch_leaves_run_dir(tmp_path, capsys):

@@ -146,7 +146,7 @@ def test_invalid_value_rejected(override, expected):
     assert expected in str(caught.value)
 
 
-def test_group_name_under_other_key_points_to_group_override():
+def test_group_key_hint_names_override():
     # Execute: a strategy set as a key of the fl block, the way users try it.
     with pytest.raises(ConfigError) as caught:
         compose_run_config(["+fl.strategy=fedprox"])

@@ -506,7 +506,7 @@ class _SignalInFinalizer:
         time.sleep(0.2)
 
 
-def test_signal_dropped_by_python_still_interrupts() -> None:
+def test_dropped_signal_still_interrupts() -> None:
     with _signals_as_interrupt():
         # Execute: the handler's KeyboardInterrupt is lost in the finalizer.
         _SignalInFinalizer()

@@ -95,7 +95,7 @@ def test_table_of_sweep_has_row_per_run(tmp_path):
     assert "| FedProx(0.5), entropy |" in table
 
 
-def test_table_of_seed_sweep_names_each_seed(tmp_path):
+def test_seed_sweep_rows_name_seed(tmp_path):
     # Prepare: two runs that differ only in their seed and run directory.
     config = {"strategy": "fedavg", "proximal-mu": 0.0, "al-strategy": "margin"}
     first = write_run(tmp_path / "0", config={**config, "seed": 1, "run-dir": "/a"})

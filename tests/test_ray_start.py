@@ -95,7 +95,7 @@ class _UnregisteredNode:
         return self.client
 
 
-def test_wait_for_registration_gives_up_after_timeout():
+def test_registration_wait_times_out():
     # Prepare
     node = _UnregisteredNode()
 
@@ -137,7 +137,7 @@ def test_start_ray_verbose_keeps_log_monitor(no_ray):
 
 
 @pytest.mark.slow
-def test_start_ray_unchanged_node_stops_autoscaler_monitor(no_ray, monkeypatch):
+def test_start_ray_fallback_stops_monitor(no_ray, monkeypatch):
     # Prepare: a Node with another start_monitor signature starts as usual.
     original = ray_node_module.Node.start_monitor
 
@@ -293,7 +293,7 @@ def _echo_app():
 
 
 @pytest.mark.slow
-def test_pre_started_actors_freed_for_other_request(no_ray):
+def test_other_request_frees_pre_started(no_ray):
     # Prepare: both CPUs held by pre-started actors.
     start_ray(num_cpus=2)
     pre_started = PreStartedActors(2, {"num_cpus": 1}, modules=())
@@ -308,7 +308,7 @@ def test_pre_started_actors_freed_for_other_request(no_ray):
 
 
 @pytest.mark.slow
-def test_client_actor_runs_app_and_wraps_its_errors(no_ray):
+def test_client_actor_wraps_app_errors(no_ray):
     # Prepare
     start_ray(num_cpus=1)
     actor = ClientActor.options(num_cpus=1).remote()

@@ -52,7 +52,7 @@ def _raw_array(values: np.ndarray, *, dtype: str | None = None, shape=None) -> A
     ],
     ids=["fortran-order", "big-endian", "dtype-mismatch"],
 )
-def test_array_values_other_layouts_use_numpy_load(array):
+def test_array_values_other_layouts_fall_back(array):
     # Execute
     read = array_values(array)
 
@@ -60,7 +60,7 @@ def test_array_values_other_layouts_use_numpy_load(array):
     np.testing.assert_array_equal(read, array.numpy())
 
 
-def test_array_values_wrong_shape_uses_numpy_load():
+def test_array_values_wrong_shape_falls_back():
     # Prepare: the Array's shape field disagrees with its bytes.
     array = _raw_array(np.arange(6, dtype=np.float32), shape=(4,))
 

@@ -115,7 +115,7 @@ def test_interruptible_grid_pulls_when_replied(tmp_path: Path):
     assert not replied.is_set()
 
 
-def test_interruptible_grid_identifies_nodes_by_partition(tmp_path: Path):
+def test_grid_identities_from_partitions(tmp_path: Path):
     # Prepare: the runtime gave node 11 partition 0 and node 42 partition 1.
     partitions = NodePartitions()
     partitions.set({11: 0, 42: 1})
@@ -128,7 +128,7 @@ def test_interruptible_grid_identifies_nodes_by_partition(tmp_path: Path):
     assert identities == {11: NodeIdentity(partition_id=0), 42: NodeIdentity(partition_id=1)}
 
 
-def test_grid_without_partitions_knows_no_identity(tmp_path: Path):
+def test_grid_without_partitions_has_none(tmp_path: Path):
     # Prepare
     simulation_grid = InterruptibleGrid(_Grid([]), threading.Event(), tmp_path)
     deployment_grid = PollingGrid(_Grid([]))

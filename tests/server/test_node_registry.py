@@ -103,7 +103,7 @@ class _KnowingGrid(PollingGrid):
         return self._grid.send_and_receive(messages, timeout=timeout)
 
 
-def test_refresh_queries_only_nodes_grid_cannot_identify():
+def test_refresh_queries_unknown_nodes_only():
     # Prepare: the grid has the identities of nodes 7 and 9; node 8 needs a query.
     identities = {
         7: NodeIdentity(partition_id=0),

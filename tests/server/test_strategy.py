@@ -132,7 +132,7 @@ def test_weighted_average_same_bits_as_flower():
         assert ours[key].numpy().tobytes() == flowers[key].numpy().tobytes()
 
 
-def test_round_lines_match_deploy_stream_patterns():
+def test_round_lines_match_deploy_patterns():
     # Prepare: `metals deploy` counts replies from these lines of Flower's logger.
     import logging
 
